@@ -1,0 +1,209 @@
+"""Loading XLM weights: transformers' layout or the original XLM state dict, into `xlm.model.XLM`.
+
+The recipe (gpt-fast's `_load_model`): build the model on the meta device (no memory, no init), read the
+tensors zero-copy from safetensors (mmap) or with `torch.load(weights_only=True)`, rename the keys through one
+small table, check names and shapes, then `load_state_dict(strict=True, assign=True)`: the model's parameters
+become the loaded tensors. The head needs no re-tying: `XLM.logits` reads `embeddings.weight` itself.
+
+Checkpoint names: transformers prefixes the encoder with `transformer.`; the original code has no prefix, or
+`module.` when saved from DistributedDataParallel. Both map onto ours through `KEY_TABLE`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from xlm.config import Objective, XLMConfig, from_hf_config
+from xlm.errors import CheckpointError, ConfigError
+from xlm.model import XLM
+
+# Original/transformers name (prefixes stripped) -> ours. `{}` stands for the layer index; None drops the key.
+KEY_TABLE: dict[str, str | None] = {
+    "embeddings.weight": "embeddings.weight",
+    "position_embeddings.weight": "position_embeddings.weight",
+    "lang_embeddings.weight": "lang_embeddings.weight",
+    "layer_norm_emb.weight": "layer_norm_emb.weight",
+    "layer_norm_emb.bias": "layer_norm_emb.bias",
+    "attentions.{}.q_lin.weight": "blocks.{}.attention.q_lin.weight",
+    "attentions.{}.q_lin.bias": "blocks.{}.attention.q_lin.bias",
+    "attentions.{}.k_lin.weight": "blocks.{}.attention.k_lin.weight",
+    "attentions.{}.k_lin.bias": "blocks.{}.attention.k_lin.bias",
+    "attentions.{}.v_lin.weight": "blocks.{}.attention.v_lin.weight",
+    "attentions.{}.v_lin.bias": "blocks.{}.attention.v_lin.bias",
+    "attentions.{}.out_lin.weight": "blocks.{}.attention.out_lin.weight",
+    "attentions.{}.out_lin.bias": "blocks.{}.attention.out_lin.bias",
+    "layer_norm1.{}.weight": "blocks.{}.layer_norm1.weight",
+    "layer_norm1.{}.bias": "blocks.{}.layer_norm1.bias",
+    "ffns.{}.lin1.weight": "blocks.{}.ffn.lin1.weight",
+    "ffns.{}.lin1.bias": "blocks.{}.ffn.lin1.bias",
+    "ffns.{}.lin2.weight": "blocks.{}.ffn.lin2.weight",
+    "ffns.{}.lin2.bias": "blocks.{}.ffn.lin2.bias",
+    "layer_norm2.{}.weight": "blocks.{}.layer_norm2.weight",
+    "layer_norm2.{}.bias": "blocks.{}.layer_norm2.bias",
+    "pred_layer.proj.bias": "output_bias",
+    "pred_layer.proj.weight": None,  # the tied head, stored by old files: checked equal to the embeddings
+    "position_ids": None,  # a non-persistent buffer that some transformers versions saved anyway
+}
+TIED_HEAD_KEY = "pred_layer.proj.weight"
+_PREFIXES = ("module.", "transformer.")
+
+
+def _template(key: str) -> tuple[str, str | None]:
+    """`attentions.3.q_lin.weight` -> (`attentions.{}.q_lin.weight`, "3")."""
+    match = re.search(r"\.(\d+)\.", key)
+    if match is None:
+        return key, None
+    return key[: match.start()] + ".{}." + key[match.end() :], match.group(1)
+
+
+def checkpoint_name(key: str) -> str:
+    """A checkpoint key without the `module.`/`transformer.` prefixes: the name KEY_TABLE is written in."""
+    for prefix in _PREFIXES:
+        key = key.removeprefix(prefix)
+    return key
+
+
+def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a transformers or original XLM state dict to ours; tied-head copies are checked and dropped."""
+    converted: dict[str, Tensor] = {}
+    for key, tensor in state.items():
+        name = checkpoint_name(key)
+        template, layer = _template(name)
+        if template not in KEY_TABLE:
+            raise CheckpointError(f"checkpoint has an unexpected tensor {key!r}: not part of an XLM language model")
+        ours = KEY_TABLE[template]
+        if ours is not None:
+            converted[ours.format(layer) if layer is not None else ours] = tensor
+    head = next((t for k, t in state.items() if checkpoint_name(k) == TIED_HEAD_KEY), None)
+    if head is not None:
+        _check_tied_head(head, converted.get("embeddings.weight"))
+    return converted
+
+
+def _check_tied_head(head: Tensor, embeddings: Tensor | None) -> None:
+    """XLM ties the output projection to the word embeddings; a stored copy must be that copy."""
+    if embeddings is None or head.shape != embeddings.shape or not torch.equal(head, embeddings):
+        raise CheckpointError(
+            f"checkpoint stores {TIED_HEAD_KEY} different from the word embeddings; XLM ties them "
+            "(share_inout_emb), so this checkpoint is not one the model can represent"
+        )
+
+
+# --- Reading tensors ----------------------------------------------------------------------------------------
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, Tensor]]:
+    """Tensors of one .safetensors file, memory-mapped (no copy until a tensor is touched or cast)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield key, f.get_tensor(key)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {path}: {err} (truncated or not a safetensors file?)") from None
+
+
+def read_torch_pickle(path: Path) -> dict[str, Tensor]:
+    """A `pytorch_model.bin`/`.pth` state dict, with the weights-only unpickler: it runs no code.
+
+    A file that needs more than tensors and plain containers (an arbitrary class, a function) is refused.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path} is not plain weights; refusing to unpickle it ({first_line})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}".splitlines()[0]) from None
+    if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    return state
+
+
+def read_state_dict(weights: Path) -> dict[str, Tensor]:
+    """All tensors of a checkpoint: one .safetensors, a sharded index, or a torch pickle."""
+    if weights.name.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"cannot read shard index {weights}: {err}") from None
+        return {k: t for shard in shards for k, t in read_safetensors(weights.parent / shard)}
+    if weights.suffix == ".safetensors":
+        return dict(read_safetensors(weights))
+    return read_torch_pickle(weights)
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def find_weights(directory: Path) -> Path:
+    """The weights file of a transformers-layout directory, safetensors preferred."""
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory} has no weights file ({', '.join(WEIGHT_FILES)})")
+
+
+# --- Building the model -------------------------------------------------------------------------------------
+
+
+def load_state_dict_into(config: XLMConfig, state: dict[str, Tensor], dtype: torch.dtype, device) -> XLM:
+    """Build XLM on the meta device and make `state` (transformers or original names) its parameters."""
+    converted = convert_state_dict(state)
+    with torch.device("meta"):
+        model = XLM(config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in converted]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {len(missing)} tensor(s) the config needs, first: {missing[0]}")
+    unexpected = [k for k in converted if k not in expected]
+    if unexpected:
+        raise CheckpointError(f"checkpoint has tensor(s) the config does not describe, first: {unexpected[0]}")
+    for key, tensor in converted.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{key} has shape {tuple(tensor.shape)}, the config implies {tuple(expected[key].shape)}"
+            )
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{key} is {tensor.dtype}, not floating point")
+        converted[key] = tensor.to(device=device, dtype=dtype)
+    model.load_state_dict(converted, strict=True, assign=True)
+    return model.eval()
+
+
+def load_pretrained(
+    path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    config: XLMConfig | str | Path | None = None,
+    objective: Objective | None = None,
+) -> XLM:
+    """An XLM from a checkpoint: a transformers-layout directory, or a weights file with a config.
+
+    path: a directory holding `config.json` and `model.safetensors` (or `model.safetensors.index.json`, or
+        `pytorch_model.bin`), or a single `.safetensors`/`.bin` file with `config` or a `config.json` beside it.
+    config: an `XLMConfig`, or a path to a transformers `config.json` (default: the one in/beside `path`).
+    objective: "clm" or "mlm" when the config cannot tell (see `xlm.config.from_hf_config`).
+    Returns the model in eval mode, its parameters in `dtype` on `device`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    weights = find_weights(path) if path.is_dir() else path
+    if not isinstance(config, XLMConfig):
+        config_path = Path(config) if config is not None else weights.parent / "config.json"
+        name = str(path if path.is_dir() else path.parent)
+        try:
+            config = from_hf_config(config_path, name=name, objective=objective)
+        except ConfigError as err:
+            raise ConfigError(f"{config_path}: {err}") from None
+    return load_state_dict_into(config, read_state_dict(weights), dtype, device)

@@ -1,0 +1,189 @@
+"""The parity check: our XLM against transformers' `XLMWithLMHeadModel` on the same checkpoint and batch.
+
+For each attention mode it reports the max |Δ| of every layer's hidden states (the embedding output first, so
+a mismatch points at the layer where it appears), the max and mean |Δ| of the logits, and top-1 agreement.
+"causal on" means `causal=True` for us and `config.causal=True` for transformers (the hub config says false).
+
+The batch: seeded random ids drawn from [14, V) (no special ids: transformers would read a stray <pad> as
+padding), the last row right-padded by a quarter (transformers does not mask padding under causal attention,
+so right padding is the layout where both are defined the same), one language per row, and an explicit
+attention mask on the transformers side.
+
+Run `python scripts/parity_check.py --help`; exit code 0 = within tolerance, 1 = not, 2 = bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from xlm.checkpoint import load_pretrained
+from xlm.config import PRESETS
+from xlm.errors import XLMError
+from xlm.model import XLM
+from xlm.synthetic import import_transformers, save_synthetic_checkpoint
+
+DEFAULT_PRESET = "xlm-clm-enfr-1024"
+
+
+@dataclass
+class ModeReport:
+    causal: bool
+    per_layer: list[float]  # max |Δ| of the hidden states: embedding output, then each block
+    max_abs_logits: float
+    mean_abs_logits: float
+    top1_agreement: float  # over real (non-padding) positions
+    ok: bool
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # (B, T)
+    attention_mask: Tensor  # (B, T) bool
+    langs: Tensor | None  # (B, T), None for models without language embeddings
+
+
+def make_batch(model: XLM, batch_size: int, seq_len: int, seed: int) -> Batch:
+    """Seeded ids from [14, V); the last row (of two or more) right-padded by a quarter; a language per row."""
+    cfg = model.config
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(14, cfg.vocab_size, (batch_size, seq_len), generator=generator)
+    attention_mask = torch.ones(batch_size, seq_len, dtype=torch.bool)
+    if batch_size > 1:
+        attention_mask[-1, seq_len - seq_len // 4 :] = False
+        input_ids[~attention_mask] = cfg.pad_id
+    langs = None
+    if cfg.has_lang_embeddings:
+        langs = (torch.arange(batch_size) % cfg.n_langs)[:, None].expand(batch_size, seq_len)
+    return Batch(input_ids, attention_mask, langs)
+
+
+@torch.no_grad()
+def compare(ours: XLM, theirs, batch: Batch, causal: bool, tol: float) -> ModeReport:
+    """Run both models in one attention mode and measure the differences."""
+    theirs.transformer.causal = causal  # transformers reads causal from its config, at construction
+    out = theirs(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask.long(), langs=batch.langs,
+        output_hidden_states=True,
+    )  # fmt: skip
+    hidden = ours.encode(
+        batch.input_ids, batch.langs, causal=causal, attention_mask=batch.attention_mask, all_layers=True
+    )  # (L+1, B, T, C)
+    logits = ours.logits(hidden[-1]).float()  # (B, T, V)
+    per_layer = [(h.float() - ref.float()).abs().max().item() for h, ref in zip(hidden, out.hidden_states, strict=True)]
+    delta = (logits - out.logits.float()).abs()
+    real = batch.attention_mask
+    agreement = (logits.argmax(-1) == out.logits.argmax(-1))[real].float().mean().item()
+    max_abs = delta.max().item()
+    return ModeReport(causal, per_layer, max_abs, delta.mean().item(), agreement, ok=max_abs <= tol)
+
+
+def load_transformers_model(path: Path):
+    """transformers' own loader on the same files (a lone weights file gets a temporary standard layout)."""
+    transformers = import_transformers()
+    with ExitStack() as stack:
+        if path.is_file():
+            layout = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            name = "model.safetensors" if path.suffix == ".safetensors" else "pytorch_model.bin"
+            (layout / name).symlink_to(path.resolve())
+            (layout / "config.json").symlink_to((path.parent / "config.json").resolve())
+            path = layout
+        model = transformers.XLMWithLMHeadModel.from_pretrained(path, dtype=torch.float32)
+    return model.eval()
+
+
+def format_table(reports: list[ModeReport], header: str, tol: float) -> str:
+    names = ["embeddings"] + [f"layer {i}" for i in range(1, len(reports[0].per_layer))]
+    rows = [("max |Δ| hidden states", *("causal " + ("on" if r.causal else "off") for r in reports))]
+    rows += [(f"  {name}", *(f"{r.per_layer[i]:.3g}" for r in reports)) for i, name in enumerate(names)]
+    rows += [
+        ("logits max |Δ|", *(f"{r.max_abs_logits:.3g}" for r in reports)),
+        ("logits mean |Δ|", *(f"{r.mean_abs_logits:.3g}" for r in reports)),
+        ("top-1 agreement", *(f"{100 * r.top1_agreement:.2f}%" for r in reports)),
+        (f"within {tol:g}", *("yes" if r.ok else "NO" for r in reports)),
+    ]
+    width = max(len(row[0]) for row in rows) + 2
+    lines = [header, ""] + ["".join([row[0].ljust(width), *(cell.ljust(14) for cell in row[1:])]) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr and exit code 2, not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(prog: str = "parity_check") -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="checkpoint directory or weights file (transformers layout)")
+    source.add_argument(
+        "--synthetic", metavar="PRESET", choices=list(PRESETS),
+        help=f"a seeded random transformers checkpoint of that preset's architecture (default {DEFAULT_PRESET})",
+    )  # fmt: skip
+    parser.add_argument("--causal", choices=["both", "on", "off"], default="both")
+    parser.add_argument("--batch", type=int, default=2, help="rows (default 2; the last one right-padded)")
+    parser.add_argument("--seq", type=int, default=64, help="positions per row (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tol", type=float, default=1e-4, help="max |Δ| of the logits allowed (default 1e-4)")
+    parser.add_argument(
+        "--attention", choices=["sdpa", "reference"], default="sdpa",
+        help="our attention kernel: the fused SDPA (default, ~1e-6) or the plain reference (bit-exact on CPU)",
+    )  # fmt: skip
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch < 1 or not 1 <= args.seq <= 512:
+        raise XLMError(f"--batch must be >= 1 and --seq in 1..512, got {args.batch} x {args.seq}")
+    with ExitStack() as stack:
+        if args.model is not None:
+            path, label = Path(args.model), args.model
+        else:
+            preset = args.synthetic or DEFAULT_PRESET
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            print(f"writing a synthetic {preset} checkpoint with transformers (seed {args.seed})", file=sys.stderr)
+            path = save_synthetic_checkpoint(PRESETS[preset], tmp / preset, seed=args.seed)
+            label = f"synthetic {preset} (seed {args.seed}, saved by transformers' save_pretrained)"
+        ours = load_pretrained(path)
+        ours.use_reference_attention(args.attention == "reference")
+        theirs = load_transformers_model(path)
+        batch = make_batch(ours, args.batch, args.seq, args.seed)
+        modes = {"both": [False, True], "off": [False], "on": [True]}[args.causal]
+        reports = [compare(ours, theirs, batch, causal, args.tol) for causal in modes]
+    transformers = import_transformers()
+    header = (
+        f"xlm ({args.attention} attention) vs transformers {transformers.__version__} XLMWithLMHeadModel, fp32\n"
+        f"checkpoint: {label}\n"
+        f"batch: {args.batch} x {args.seq}, seed {args.seed}" + (", last row right-padded" if args.batch > 1 else "")
+    )
+    print(format_table(reports, header, args.tol))
+    ok = all(r.ok for r in reports)
+    if args.json:
+        result = {
+            "ok": ok,
+            "max_abs_logits": max(r.max_abs_logits for r in reports),
+            "per_layer": [max(values) for values in zip(*(r.per_layer for r in reports), strict=True)],
+            "causal": {("on" if r.causal else "off"): asdict(r) for r in reports},
+        }
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None, prog: str = "parity_check") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return run(args)
+    except XLMError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
