@@ -91,3 +91,13 @@ def test_unreadable_checkpoint_exits_2(tiny_checkpoint):
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     result = run_script("--model", str(path))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "truncated" in result.stderr
+
+
+def test_bf16_is_judged_on_top1_agreement(tiny_checkpoint, tmp_path, capsys):
+    path = str(tiny_checkpoint())
+    assert xlm.parity.main(["--model", path, "--dtype", "bf16", "--json", str(tmp_path / "b")]) == 0
+    report = json.loads((tmp_path / "b").read_text())
+    assert 1e-4 < report["max_abs_logits"] < 0.5  # not bitwise: bf16 has 8 bits of mantissa
+    assert all(mode["top1_agreement"] >= 0.99 for mode in report["causal"].values())
+    assert "top-1 >= 99%" in capsys.readouterr().out
+    assert xlm.parity.main(["--model", path, "--dtype", "bf16", "--min-top1", "1.01"]) == 1
