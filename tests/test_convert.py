@@ -313,3 +313,12 @@ def test_convert_script(tmp_path, original, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(path), "--out", str(out)])
     assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_output_directory_gets_ordinary_permissions(tmp_path, original):
+    """Not the 0700 of a private temporary directory: the directory is renamed into place as it was made."""
+    path, codes, _ = original
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = convert_original(path, codes, tmp_path / "converted")
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask

@@ -30,7 +30,7 @@ import glob
 import json
 import shutil
 import sys
-import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -231,7 +231,8 @@ def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
     for kind in ("partial", "old"):
         for stale in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    tmp = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()  # with the umask's permissions, which the final directory keeps (mkdtemp's would be 0700)
     try:
         yield tmp
         if final.exists():  # replace: move the old one aside first, so that a failure keeps one of the two
