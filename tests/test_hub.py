@@ -11,10 +11,18 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from unittest.mock import Mock
 
 import pytest
 import torch
 from conftest import random_ids
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from safetensors.torch import load_file
 
 import xlm.download
@@ -220,7 +228,9 @@ def test_download_again_verifies_and_keeps_the_directory(published):
         last = f.read(1)
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last[0] ^ 1]))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors does not match its sha256 in manifest\.json"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors does not match manifest\.json \(size or sha256\); pass --force"
+    ):
         download(SHORT, local_files_only=True, progress=False)
     download(SHORT, local_files_only=True, progress=False, force=True)
     verify_download(directory)
@@ -315,3 +325,58 @@ def test_full_size_published_bin_downloads_and_equals_transformers(fake_hub, ful
         with torch.no_grad():
             expected = theirs(input_ids=input_ids, langs=langs).logits
             torch.testing.assert_close(ours(input_ids, langs, causal=causal), expected, rtol=0, atol=1e-5)
+
+
+# --- Online: hf_hub_download's behaviour, served from a snapshot ---------------------------------------------
+
+
+def serve_online(monkeypatch, snapshot: Path, error: Exception | None = None) -> list[tuple[str, str | None]]:
+    """Replace hf_hub_download by one that answers like the hub (or fails with `error`); returns its requests."""
+    requests = []
+
+    def hf_hub_download(repo_id, filename, *, revision=None, cache_dir=None):
+        requests.append((filename, revision))
+        if error is not None:
+            raise error
+        if not (snapshot / filename).exists():
+            raise RemoteEntryNotFoundError(f"404 Client Error: Entry Not Found for {filename}", response=Mock())
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(xlm.hub, "hf_hub_download", hf_hub_download)
+    return requests
+
+
+def test_online_files_come_from_one_commit_and_the_bin_is_the_fallback(
+    fake_hub, tiny_checkpoint, tmp_path, monkeypatch
+):
+    snapshot = fake_hub.add(REPO, COMMIT, published_files(tiny_checkpoint(SHORT), tmp_path / "pytorch_model.bin"))
+    requests = serve_online(monkeypatch, snapshot)
+    monkeypatch.setattr(xlm.hub, "_said_pickle", True)
+    assert resolve_checkpoint(SHORT, local_files_only=False) == snapshot
+    assert requests == [
+        ("config.json", None),  # main, resolved to a commit by this first answer
+        ("model.safetensors", COMMIT),
+        ("model.safetensors.index.json", COMMIT),
+        ("pytorch_model.bin", COMMIT),
+    ]
+    with pytest.raises(CheckpointError, match=r"FacebookAI/xlm-clm-enfr-1024 has no file special_tokens_map\.json"):
+        resolve(REPO, ("special_tokens_map.json",), local_files_only=False)
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            RepositoryNotFoundError("404", response=Mock()),
+            "no local path or hub repository 'FacebookAI/xlm-clm-enfr-1024'",
+        ),
+        (GatedRepoError("403", response=Mock()), r"FacebookAI/xlm-clm-enfr-1024 is gated: accept its terms"),
+        (RevisionNotFoundError("404", response=Mock()), "FacebookAI/xlm-clm-enfr-1024 has no revision 'v9'"),
+        (LocalEntryNotFoundError("no connection"), r"cannot reach the hub for config\.json of .* \(revision v9\)"),
+    ],
+    ids=["repository", "gated", "revision", "unreachable"],
+)
+def test_hub_errors_become_one_line_errors(fake_hub, monkeypatch, tmp_path, error, message):
+    serve_online(monkeypatch, tmp_path, error)
+    with pytest.raises(CheckpointError, match=message):
+        load_pretrained(SHORT, revision="v9", local_files_only=False)

@@ -136,6 +136,7 @@ def _check_weights(directory: Path) -> None:
 
 
 def _check_same_request(directory: Path, repo_id: str, revision: str | None) -> None:
+    """An existing download must be of the repository and revision asked for (a branch, or the commit itself)."""
     manifest = read_manifest(directory)
     wanted = revision or "main"
     if manifest.get("source") != repo_id or wanted not in (manifest.get("revision"), manifest.get("commit")):
@@ -146,12 +147,14 @@ def _check_same_request(directory: Path, repo_id: str, revision: str | None) -> 
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
+    """A download directory's manifest.json, checked for the fields the checks below read."""
     path = directory / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {path} ({err}); pass --force to download again") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
         raise CheckpointError(f"{path} is not a download manifest; pass --force to download again")
     return manifest
 
@@ -165,7 +168,7 @@ def verify_download(directory: str | Path, *, progress: bool = False) -> dict[st
         if not path.is_file():
             raise CheckpointError(f"{path} is missing (listed in {MANIFEST}); pass --force to download again")
         if path.stat().st_size != entry.get("size") or sha256(path, progress) != entry.get("sha256"):
-            raise CheckpointError(f"{path} does not match its sha256 in {MANIFEST}; pass --force to download again")
+            raise CheckpointError(f"{path} does not match {MANIFEST} (size or sha256); pass --force to download again")
     return manifest
 
 

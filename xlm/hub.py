@@ -11,9 +11,9 @@ Hub files go through huggingface_hub's own cache (`$HF_HUB_CACHE`, else `$HF_HOM
 `HF_HUB_OFFLINE=1` in the environment, reads the cache and never touches the network. All files of one call come
 from one commit: the first file pins the revision (a branch or tag can move between two requests).
 
-Weights are taken in the order of `WEIGHT_FILES`. The published XLM repositories have no `model.safetensors` on
-their main branch, only the 2019 `pytorch_model.bin`: that file is read with `torch.load(weights_only=True)`, which
-rebuilds tensors and plain containers and runs no code from the file, and the first time it happens we say so.
+Weights are taken in the order of `WEIGHT_FILES`. xlm-clm-enfr-1024's main branch has no `model.safetensors`, only
+the 2019 `pytorch_model.bin`: such a file is read with `torch.load(weights_only=True)`, which rebuilds tensors and
+plain containers and runs no code from the file, and the first time it happens we say so.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def resolve(
     local = _existing_path(name_or_path, revision)
     if local is not None:
         return local
+    if not files:
+        raise ValueError("resolve needs at least one required file: it names the snapshot")
     hub = HubSnapshot(str(name_or_path), revision, cache_dir, local_files_only)
     for filename in files:
         hub.fetch(filename)
@@ -219,5 +221,5 @@ def _say_pickle_is_read_safely(repo_id: str) -> None:
             f"{repo_id} has no model.safetensors: reading its pytorch_model.bin with torch.load(weights_only=True), "
             "which rebuilds tensors only and runs no code from the file. `python scripts/download_weights.py "
             f"{repo_id}` converts it to model.safetensors once.",
-            stacklevel=2,
+            stacklevel=4,  # the caller of load_pretrained
         )
