@@ -148,7 +148,9 @@ def test_a_pickle_that_is_not_plain_weights(tiny_checkpoint, tmp_path):
 
 
 def test_a_missing_local_path_that_is_no_hub_id(no_network):
-    with pytest.raises(CheckpointError, match="no local path '/no/such/checkpoint', and it is not a hub id"):
+    with pytest.raises(
+        CheckpointError, match="no checkpoint at /no/such/checkpoint: no such file or directory, and not a hub id"
+    ):
         load_pretrained("/no/such/checkpoint")
 
 

@@ -152,7 +152,7 @@ class HubSnapshot:
         try:
             validate_repo_id(self.repo_id)
         except HFValidationError:
-            raise CheckpointError(f"no local path {name!r}, and it is not a hub id (ORG/NAME)") from None
+            raise CheckpointError(f"no checkpoint at {name}: no such file or directory, and not a hub id") from None
 
     def fetch(self, filename: str, required: bool = True) -> Path | None:
         """The local path of `filename`; None for a missing file that is not required."""
@@ -195,7 +195,9 @@ class HubSnapshot:
         if isinstance(err, GatedRepoError):
             return f"{self.repo_id} is gated: accept its terms on the hub, then log in (`hf auth login`)"
         if isinstance(err, RepositoryNotFoundError):
-            return f"no local path or hub repository {self.repo_id!r} (a private one needs a login)"
+            return (
+                f"no checkpoint at {self.repo_id}: no such local path, nor hub repository (private ones need a login)"
+            )
         if isinstance(err, RevisionNotFoundError):
             return f"{self.repo_id} has no revision {self.requested!r}"
         return f"cannot download {self._what(filename)}: {err}".splitlines()[0]
