@@ -7,16 +7,19 @@ become the loaded tensors. The head needs no re-tying: `XLM.logits` reads `embed
 
 Checkpoint names: transformers prefixes the encoder with `transformer.`; the original code has no prefix, or
 `module.` when saved from DistributedDataParallel. Both map onto ours through `KEY_TABLE`.
+
+Where the files come from is xlm/hub.py's business: a local path, or a hub id fetched into huggingface_hub's
+cache. Original `.pth` checkpoints with their dictionary and params are converted by xlm/convert.py.
 """
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from xlm.config import Objective, XLMConfig, from_hf_config
 from xlm.errors import CheckpointError, ConfigError
+from xlm.hub import WEIGHT_FILES, resolve_checkpoint, shard_files
 from xlm.model import XLM
 
 # Original/transformers name (prefixes stripped) -> ours. `{}` stands for the layer index; None drops the key.
@@ -72,17 +76,18 @@ def checkpoint_name(key: str) -> str:
     return key
 
 
+def map_key(key: str) -> str | None:
+    """Our name for a checkpoint key (transformers' or the original's), None for a key we drop."""
+    template, layer = _template(checkpoint_name(key))
+    if template not in KEY_TABLE:
+        raise CheckpointError(f"checkpoint has an unexpected tensor {key!r}: not part of an XLM language model")
+    ours = KEY_TABLE[template]
+    return None if ours is None else ours.format(layer)
+
+
 def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename a transformers or original XLM state dict to ours; tied-head copies are checked and dropped."""
-    converted: dict[str, Tensor] = {}
-    for key, tensor in state.items():
-        name = checkpoint_name(key)
-        template, layer = _template(name)
-        if template not in KEY_TABLE:
-            raise CheckpointError(f"checkpoint has an unexpected tensor {key!r}: not part of an XLM language model")
-        ours = KEY_TABLE[template]
-        if ours is not None:
-            converted[ours.format(layer) if layer is not None else ours] = tensor
+    converted = {ours: tensor for key, tensor in state.items() if (ours := map_key(key)) is not None}
     head = next((t for k, t in state.items() if checkpoint_name(k) == TIED_HEAD_KEY), None)
     if head is not None:
         _check_tied_head(head, converted.get("embeddings.weight"))
@@ -111,18 +116,45 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, Tensor]]:
         raise CheckpointError(f"cannot read {path}: {err} (truncated or not a safetensors file?)") from None
 
 
-def read_torch_pickle(path: Path) -> dict[str, Tensor]:
-    """A `pytorch_model.bin`/`.pth` state dict, with the weights-only unpickler: it runs no code.
+def torch_load_weights_only(path: Path, allowed_globals: Sequence[Any] = ()) -> Any:
+    """`torch.load` with the weights-only unpickler: it rebuilds tensors, containers and plain values only.
 
-    A file that needs more than tensors and plain containers (an arbitrary class, a function) is refused.
+    A pickle is a program: a normal `torch.load` calls whatever function the file names (`os.system`, ...). The
+    weights-only unpickler refuses every global outside an allowlist, so reading a file runs none of its code.
+    `allowed_globals` adds classes that rebuild data and nothing else (xlm/convert.py adds numpy's).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path} is not plain weights; refusing to unpickle it ({first_line})") from None
+        raise CheckpointError(_unpickling_failure(path, str(err))) from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise CheckpointError(f"cannot read {path}: {err}".splitlines()[0]) from None
+    except KeyError:  # the unpickler met a byte that is no pickle opcode
+        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint") from None
+
+
+def _unpickling_failure(path: Path, message: str) -> str:
+    """What the weights-only unpickler refused, in one line.
+
+    torch's own message is a paragraph that suggests `weights_only=False`: the one thing not to do with a file
+    of unknown origin.
+    """
+    if match := re.search(r"GLOBAL (\S+)", message):
+        refused = f"it asks the unpickler for {match.group(1)}"
+    elif match := re.search(r"but got <class '([^']+)'>", message):
+        refused = f"it asks the unpickler to build a {match.group(1)}"
+    else:  # an opcode the unpickler does not know: a damaged file, or no pickle at all
+        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", message)
+        return (
+            f"cannot read {path}: not a PyTorch checkpoint ({detail.group(1) if detail else message.splitlines()[0]})"
+        )
+    return f"{path} is not plain weights: {refused}; refusing to unpickle it (that could run code from the file)"
+
+
+def read_torch_pickle(path: Path) -> dict[str, Tensor]:
+    """A `pytorch_model.bin`/`.pth` state dict, read with the weights-only unpickler (it runs no code)."""
+    state = torch_load_weights_only(path)
     if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
         raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
     return state
@@ -131,17 +163,10 @@ def read_torch_pickle(path: Path) -> dict[str, Tensor]:
 def read_state_dict(weights: Path) -> dict[str, Tensor]:
     """All tensors of a checkpoint: one .safetensors, a sharded index, or a torch pickle."""
     if weights.name.endswith(".index.json"):
-        try:
-            shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise CheckpointError(f"cannot read shard index {weights}: {err}") from None
-        return {k: t for shard in shards for k, t in read_safetensors(weights.parent / shard)}
+        return {k: t for shard in shard_files(weights) for k, t in read_safetensors(weights.parent / shard)}
     if weights.suffix == ".safetensors":
         return dict(read_safetensors(weights))
     return read_torch_pickle(weights)
-
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 def find_weights(directory: Path) -> Path:
@@ -186,22 +211,26 @@ def load_pretrained(
     device: str | torch.device = "cpu",
     config: XLMConfig | str | Path | None = None,
     objective: Objective | None = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
 ) -> XLM:
-    """An XLM from a checkpoint: a transformers-layout directory, or a weights file with a config.
+    """An XLM from a checkpoint: a transformers-layout directory, a weights file with a config, or a hub id.
 
     path: a directory holding `config.json` and `model.safetensors` (or `model.safetensors.index.json`, or
         `pytorch_model.bin`), or a single `.safetensors`/`.bin` file with `config` or a `config.json` beside it.
+        A path that does not exist is a hub id (`FacebookAI/xlm-clm-enfr-1024`, or the legacy `xlm-clm-enfr-1024`),
+        fetched through huggingface_hub's cache (xlm/hub.py).
     config: an `XLMConfig`, or a path to a transformers `config.json` (default: the one in/beside `path`).
     objective: "clm" or "mlm" when the config cannot tell (see `xlm.config.from_hf_config`).
+    revision: a hub branch, tag or commit (default main). local_files_only: hub cache only (None: `HF_HUB_OFFLINE`).
     Returns the model in eval mode, its parameters in `dtype` on `device`.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
-    weights = find_weights(path) if path.is_dir() else path
+    source = resolve_checkpoint(path, revision=revision, local_files_only=local_files_only)
+    weights = find_weights(source) if source.is_dir() else source
     if not isinstance(config, XLMConfig):
         config_path = Path(config) if config is not None else weights.parent / "config.json"
-        name = str(path if path.is_dir() else path.parent)
+        # A preset's name tells the objective: the local directory's, or the hub id (not the snapshot's folder).
+        name = str(weights.parent) if source == Path(path) else str(path)
         try:
             config = from_hf_config(config_path, name=name, objective=objective)
         except ConfigError as err:
