@@ -128,12 +128,14 @@ def test_python_bpe_equals_transformers(enfr_python_bpe, enfr_transformers_token
     assert " ".join(enfr_python_bpe.segment(word)) == enfr_transformers_tokenizer.bpe(word)
 
 
+@pytest.mark.fastbpe
 @settings(max_examples=400, deadline=None)
 @given(word=st.one_of(WORDS, LATIN_WORDS))
 def test_fastbpe_equals_python_bpe(enfr_python_bpe, enfr_fastbpe, word):
     assert enfr_fastbpe.segment(word) == enfr_python_bpe.segment(word)
 
 
+@pytest.mark.fastbpe
 def test_fastbpe_backend_pickles(enfr_fastbpe):
     clone = pickle.loads(pickle.dumps(enfr_fastbpe))
     assert clone.name == "fastbpe" and clone.segment("Wikipedia") == enfr_fastbpe.segment("Wikipedia")

@@ -42,6 +42,7 @@ def test_every_corpus_line_equals_transformers(enfr_tokenizer_dir, gettext_text,
     report(f"transformers parity ({lang}): {len(lines):,} of {len(lines):,} lines give identical ids")
 
 
+@pytest.mark.fastbpe
 @pytest.mark.parametrize("lang", LANGS)
 def test_fastbpe_backend_equals_transformers_on_the_corpus(
     enfr_tokenizer_dir, gettext_text, reference_ids, report, require_fastbpe, lang
