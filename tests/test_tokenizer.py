@@ -257,6 +257,17 @@ def test_batch_pads_left_for_generation(enfr):
     assert batch.langs.eq(0).all() and batch.to("cpu").input_ids.equal(batch.input_ids)
 
 
+def test_batch_feeds_a_transformers_model_by_name(enfr, transformers_module):
+    config = transformers_module.XLMConfig(
+        vocab_size=enfr.vocab_size, emb_dim=16, n_layers=1, n_heads=2, n_langs=2, use_lang_emb=True
+    )
+    model = transformers_module.XLMWithLMHeadModel(config).eval()
+    batch = enfr.batch(["Le chat est noir.", "Hello world!"], ["fr", "en"])
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (2, 7, enfr.vocab_size)
+
+
 def test_pad_takes_encoded_lines(enfr):
     lines = ["Le chat est noir.", "Bonjour"]
     batch = enfr.pad(enfr.encode_lines(lines, "fr"), "fr")
@@ -293,6 +304,7 @@ def test_encode_lines_with_workers_keeps_order(enfr, gettext_text):
     expected = [enfr.encode(line, lang) for line, lang in zip(lines, langs, strict=True)]
     assert enfr.encode_lines(lines, langs) == expected
     assert enfr.encode_lines(lines, langs, workers=2, chunk_size=100) == expected
+    assert enfr.encode_lines([], "fr", workers=2) == []
 
 
 def test_encode_lines_checks_before_starting_workers(enfr):
