@@ -139,3 +139,19 @@ def test_fastbpe_equals_python_bpe(enfr_python_bpe, enfr_fastbpe, word):
 def test_fastbpe_backend_pickles(enfr_fastbpe):
     clone = pickle.loads(pickle.dumps(enfr_fastbpe))
     assert clone.name == "fastbpe" and clone.segment("Wikipedia") == enfr_fastbpe.segment("Wikipedia")
+
+
+@pytest.mark.fastbpe
+def test_fastbpe_given_the_vocabulary_unmerges_what_transformers_keeps(
+    enfr_vocab_dir, enfr_python_bpe, enfr_transformers_tokenizer, require_fastbpe
+):
+    # The one known divergence, and why the fastBPE backend is given the codes only: "Rawalpin" is a merge
+    # result missing from the enfr vocabulary. transformers keeps it (and maps it to <unk>); fastBPE with the
+    # vocabulary splits it back into pieces that are in the vocabulary.
+    import fastBPE
+
+    with_vocabulary = fastBPE.fastBPE(str(enfr_vocab_dir / "codes_enfr"), str(enfr_vocab_dir / "vocab_enfr"))
+    assert with_vocabulary.apply(["Rawalpinx"]) == ["Raw@@ alpin@@ x"]
+    assert enfr_transformers_tokenizer.bpe("Rawalpinx") == "Rawalpin x</w>"
+    assert enfr_python_bpe.segment("Rawalpinx") == ("Rawalpin", "x</w>")
+    assert "Rawalpin" not in enfr_transformers_tokenizer.get_vocab()

@@ -67,8 +67,8 @@ def read_merges(path: str | Path) -> list[Merge]:
     return parse_merges(text, source=str(path))
 
 
-class _CachedBPE:
-    """Shared part of the backends: rank table, per-word cache, pickling without the cache."""
+class BPE:
+    """What both backends share: the rank table, the per-word cache, pickling without the cache."""
 
     def __init__(self, merges: Iterable[Merge]):
         # A pair listed twice keeps its later rank (later entries overwrite), as in transformers.
@@ -101,7 +101,7 @@ class _CachedBPE:
         self.__init__(state["merges"])
 
 
-class PythonBPE(_CachedBPE):
+class PythonBPE(BPE):
     """The reference backend: the merge loop written out in Python."""
 
     name = "python"
@@ -134,7 +134,7 @@ def _merge_pair(symbols: list[str], pair: Merge) -> list[str]:
     return merged
 
 
-class FastBPE(_CachedBPE):
+class FastBPE(BPE):
     """The optional C++ backend. fastBPE prints two "Loading codes" lines to stdout when it starts."""
 
     name = "fastbpe"
@@ -158,6 +158,8 @@ class FastBPE(_CachedBPE):
     def _merge(self, word: str) -> tuple[str, ...]:
         # One word per call: fastBPE splits its input on spaces, and Moses words contain none, so its output
         # `lo@@ w@@ er` is unambiguous even for a word that itself ends in "@@".
+        if " " in word:
+            raise TokenizerError(f"fastBPE cannot segment a word that contains a space: {word!r}")
         *continued, last = self._fastbpe.apply([word])[0].split(" ")
         return (*(piece.removesuffix(FASTBPE_CONTINUATION) for piece in continued), last + END_OF_WORD)
 
@@ -165,7 +167,7 @@ class FastBPE(_CachedBPE):
 BACKENDS = {"python": PythonBPE, "fastbpe": FastBPE}
 
 
-def make_bpe(merges: Sequence[Merge], backend: str = "python") -> _CachedBPE:
+def make_bpe(merges: Sequence[Merge], backend: str = "python") -> BPE:
     """The BPE backend named `backend` ("python" or "fastbpe") over `merges`."""
     if backend not in BACKENDS:
         raise TokenizerError(f"unknown BPE backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
