@@ -94,10 +94,9 @@ def transformers_reference_ids(hf, text: str, lang: str, add_special_tokens: boo
     special tokens that is
         hf.build_inputs_with_special_tokens(hf.convert_tokens_to_ids(hf._tokenize(text, lang=lang)))
     """
-    specials = set(hf.all_special_tokens)
     pieces = []
     for part in hf.tokens_trie.split(text):
-        if part in specials:
+        if part in hf._added_tokens_encoder:  # the special tokens, as `tokenize()` checks them
             pieces.append(part)
         elif part:
             pieces.extend(hf._tokenize(part, lang=lang))

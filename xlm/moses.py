@@ -78,6 +78,8 @@ _ROMANIAN = str.maketrans("ŞşŢţȘșȚțĂăÂâÎî", "SsTtSsTtAaAaIi")
 
 def replace_unicode_punctuation(text: str) -> str:
     """Step 1: CJK/fullwidth punctuation and digits, curly quotes and `…` to their ASCII forms."""
+    if text.isascii():
+        return text  # every character the table replaces is non-ASCII
     return _FULL_STOP.sub(". ", text).translate(_UNICODE_PUNCTUATION)
 
 
