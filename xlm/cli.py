@@ -281,7 +281,7 @@ def _common_options() -> argparse.ArgumentParser:
 
     common = OneLineParser(add_help=False)
     source = common.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="PATH", help="checkpoint directory or weights file (transformers layout)")
+    source.add_argument("--model", metavar="PATH", help="checkpoint directory or weights file; a hub id is passed on")
     source.add_argument(
         "--synthetic", metavar="PRESET", choices=list(PRESETS),
         help="a seeded random checkpoint of that preset (cached in $XLM_CACHE), to try things offline",
@@ -308,20 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen = verbs.add_parser("generate", parents=common, help="continue prompts with a causal LM")
     gen.add_argument("prompt", nargs="+", help="one or more prompts (batched, left-padded)")
     gen.add_argument("--continue-lang", metavar="LANG", help="language of the generated tokens (default: --lang)")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    gen.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
-    gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens with probability >= p")
+    gen.add_argument("--max-new-tokens", metavar="N", type=int, default=32, help="default 32")
+    gen.add_argument("--temperature", metavar="T", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-k", metavar="K", type=int, help="sample from the k most likely tokens")
+    gen.add_argument("--top-p", metavar="P", type=float, help="sample from the most likely tokens holding mass p")
     gen.add_argument("--seed", type=int, help="sampling seed (default: a random one, reported with --json)")
 
     score = verbs.add_parser("score", parents=common, help="log-likelihood of sentences, perplexity of a file")
     score.add_argument("text", nargs="*", help="sentences to score")
     score.add_argument("--file", metavar="PATH", help="a text file, one sentence per line: its perplexity")
-    score.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch (default 4096)")
+    score.add_argument("--batch-tokens", metavar="N", type=int, default=4096, help="padded tokens per batch (4096)")
 
     fill = verbs.add_parser("fill-mask", parents=common, help="fill <special1> (MLM) or rank fillers (CLM)")
     fill.add_argument("text", help="a sentence with <special1> where the mask is")
-    fill.add_argument("--top-k", type=int, default=5, help="fillers per mask (default 5)")
+    fill.add_argument("--top-k", metavar="K", type=int, default=5, help="fillers per mask (default 5)")
     fill.add_argument("--candidates", metavar="A,B,C", help="rank these fillers by sentence log-likelihood")
 
     for name, (_, help_text) in DELEGATED.items():
