@@ -119,7 +119,7 @@ class Tokenizer:
         self.bpe = make_bpe(merges, bpe_backend)
         self._pipelines: dict[str, MosesPipeline] = {}
 
-    # ---- files -------------------------------------------------------------------------------------------
+    # ---- files -----------------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(
@@ -195,7 +195,7 @@ class Tokenizer:
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return directory
 
-    # ---- languages and sizes -----------------------------------------------------------------------------
+    # ---- languages and sizes ---------------------------------------------------------------------------
 
     @property
     def vocab_size(self) -> int:
@@ -222,7 +222,7 @@ class Tokenizer:
             f"bpe_backend={self.bpe_backend!r})"
         )
 
-    # ---- text -> pieces -> ids -> text -------------------------------------------------------------------
+    # ---- text -> pieces -> ids -> text -----------------------------------------------------------------
 
     def tokenize(self, text: str, lang: str) -> list[str]:
         """BPE pieces of `text` in transformers' notation, unframed: `["le</w>", "mon", "tre", "al</w>"]`."""
@@ -271,7 +271,7 @@ class Tokenizer:
                 pieces.append(self._id_to_piece[token_id])
         return "".join(pieces).replace(END_OF_WORD, " ").strip()
 
-    # ---- batches -----------------------------------------------------------------------------------------
+    # ---- batches ---------------------------------------------------------------------------------------
 
     def batch(
         self,
@@ -326,7 +326,7 @@ class Tokenizer:
         langs_tensor = torch.tensor(lang_ids, dtype=torch.long)[:, None].repeat(1, width)
         return Batch(input_ids, attention_mask, langs_tensor, torch.tensor(lengths, dtype=torch.long))
 
-    # ---- bulk --------------------------------------------------------------------------------------------
+    # ---- bulk ------------------------------------------------------------------------------------------
 
     def encode_lines(
         self,
@@ -360,7 +360,7 @@ class Tokenizer:
                 encoded_chunks = pool.map(_encode_chunk_in_worker, chunks)
         return [ids for chunk in encoded_chunks for ids in chunk]
 
-    # ---- internals ---------------------------------------------------------------------------------------
+    # ---- internals -------------------------------------------------------------------------------------
 
     def _text_pieces(self, text: str, pipeline: MosesPipeline) -> list[str]:
         """Steps 1-7 on text without special tokens; empty words (transformers skips them) are dropped."""
@@ -426,7 +426,7 @@ def _encode_chunk_in_worker(chunk: tuple[list[str], list[str], bool]) -> list[li
     return _worker_tokenizer._encode_chunk(chunk)
 
 
-# ---- XLM's original files -> transformers' files ---------------------------------------------------------
+# ---- XLM's original files -> transformers' files -------------------------------------------------------
 
 
 def read_fastbpe_vocab(path: str | Path) -> dict[str, int]:
@@ -438,7 +438,8 @@ def read_fastbpe_vocab(path: str | Path) -> dict[str, int]:
     """
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     seen = set(SPECIAL_TOKENS)
-    for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
+    # Lines end at "\n" only, as when XLM iterates over the file: str.splitlines() would also split at U+2028.
+    for line_number, line in enumerate(_read_text(path).split("\n"), start=1):
         columns = line.split()
         if "\u2028" in line or len(columns) != 2 or columns[0] in seen:
             continue
@@ -470,7 +471,7 @@ def convert_fastbpe_vocab(codes_path: str | Path, vocab_path: str | Path, out_di
     return out_dir
 
 
-# ---- checks and small file helpers -----------------------------------------------------------------------
+# ---- checks and small file helpers ---------------------------------------------------------------------
 
 
 def _local_directory(path: str | Path) -> Path:
