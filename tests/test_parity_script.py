@@ -1,0 +1,103 @@
+"""scripts/parity_check.py: the project's main job, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import xlm.parity
+from xlm.checkpoint import load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "parity_check.py"), *args],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_default_synthetic_full_size_check_passes_offline(tmp_path):
+    result = run_script("--synthetic", "xlm-clm-enfr-1024", "--json", str(tmp_path / "parity.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "causal off" in result.stdout and "causal on" in result.stdout and "layer 6" in result.stdout
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["ok"] is True and len(report["per_layer"]) == 7
+    assert set(report["causal"]) == {"off", "on"}
+    assert all(mode["max_abs_logits"] <= 1e-5 and mode["top1_agreement"] == 1.0 for mode in report["causal"].values())
+
+
+def test_reference_attention_is_bit_exact(tiny_checkpoint, tmp_path, capsys):
+    code = xlm.parity.main(
+        ["--model", str(tiny_checkpoint()), "--attention", "reference", "--json", str(tmp_path / "r")]
+    )
+    report = json.loads((tmp_path / "r").read_text())
+    assert code == 0 and report["max_abs_logits"] == 0.0 and report["per_layer"] == [0.0, 0.0, 0.0]
+
+
+def test_a_perturbed_weight_fails_the_check(tiny_checkpoint, monkeypatch, tmp_path, capsys):
+    def load_and_perturb(path, **kwargs):
+        model = load_pretrained(path, **kwargs)
+        with torch.no_grad():
+            model.blocks[1].ffn.lin2.bias[3] += 1e-3  # one number in the last block
+        return model
+
+    monkeypatch.setattr(xlm.parity, "load_pretrained", load_and_perturb)
+    args = ["--model", str(tiny_checkpoint()), "--causal", "on", "--attention", "reference"]
+    code = xlm.parity.main([*args, "--json", str(tmp_path / "p.json")])
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert code == 1 and report["ok"] is False
+    assert report["per_layer"][:2] == [0.0, 0.0] and report["per_layer"][2] > 1e-4  # the table points at layer 2
+    assert "NO" in capsys.readouterr().out
+
+
+def test_one_mode_only(tiny_checkpoint, tmp_path, capsys):
+    assert xlm.parity.main(["--model", str(tiny_checkpoint()), "--causal", "off", "--json", str(tmp_path / "o")]) == 0
+    assert set(json.loads((tmp_path / "o").read_text())["causal"]) == {"off"}
+
+
+def test_a_lone_weights_file_with_its_config_beside_it(tiny_checkpoint, capsys):
+    assert xlm.parity.main(["--model", str(tiny_checkpoint() / "model.safetensors"), "--batch", "1"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch", "0"], "--batch must be >= 1"),
+        (["--seq", "513"], "--seq in 1..512"),
+        (["--synthetic", "xlm-clm-enfr-2048"], "invalid choice"),
+        (["--model", "/nonexistent/checkpoint"], "no checkpoint at /nonexistent/checkpoint"),
+        (["--causal", "sometimes"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message):
+    result = run_script(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_checkpoint_exits_2(tiny_checkpoint):
+    path = tiny_checkpoint()
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    result = run_script("--model", str(path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "truncated" in result.stderr
+
+
+def test_bf16_is_judged_on_top1_agreement(tiny_checkpoint, tmp_path, capsys):
+    path = str(tiny_checkpoint())
+    assert xlm.parity.main(["--model", path, "--dtype", "bf16", "--json", str(tmp_path / "b")]) == 0
+    report = json.loads((tmp_path / "b").read_text())
+    assert 1e-4 < report["max_abs_logits"] < 0.5  # not bitwise: bf16 has 8 bits of mantissa
+    assert all(mode["top1_agreement"] >= 0.99 for mode in report["causal"].values())
+    assert "top-1 >= 99%" in capsys.readouterr().out
+    assert xlm.parity.main(["--model", path, "--dtype", "bf16", "--min-top1", "1.01"]) == 1
