@@ -35,6 +35,11 @@ from xlm.model import XLM, KVCache
 
 # --- Which models may generate ------------------------------------------------------------------------------
 
+UNKNOWN_OBJECTIVE = (
+    "the checkpoint does not say how it was trained; load it with objective='clm' or 'mlm' "
+    "(command line: --objective clm|mlm)"
+)
+
 
 def require_causal_lm(config: XLMConfig, allow_mlm: bool = False) -> None:
     """Refuse left-to-right use (generation, causal scoring) of a model not trained for it.
@@ -46,10 +51,7 @@ def require_causal_lm(config: XLMConfig, allow_mlm: bool = False) -> None:
     if config.objective == "clm":
         return
     if config.objective is None:
-        raise InputError(
-            "the checkpoint does not say how it was trained; load it with objective='clm' or 'mlm' "
-            "(command line: --objective clm|mlm)"
-        )
+        raise InputError(UNKNOWN_OBJECTIVE)
     if not allow_mlm:
         raise InputError(
             "this is a masked LM: it was trained to fill masks with context on both sides, not to predict the next "
@@ -166,7 +168,7 @@ class Generation:
         emitted `</s>` has it as its last token, followed by `<pad>`.
     lengths (B,) long: generated tokens per row, its `</s>` included.
     logits (B, N, V) float32, only with `output_logits=True`: the raw logits each token was chosen from (before
-        temperature and filtering), garbage after a row's end.
+        temperature and filtering); meaningless after a row's `</s>`.
     """
 
     tokens: Tensor
@@ -233,12 +235,10 @@ def generate(
         token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         tokens[:, step] = token.masked_fill(finished, config.pad_id)  # (B,)
         lengths += ~finished
-        steps = step + 1
         if stop_at_eos:
             finished |= token == config.eos_id
-            if bool(finished.all()):
-                break
-        if steps == max_new_tokens:
+        steps = step + 1
+        if steps == max_new_tokens or (stop_at_eos and bool(finished.all())):
             break
         # A finished row (also one that has just emitted </s>) is fed <pad>, masked: its slot stays empty.
         real = ~finished

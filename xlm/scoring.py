@@ -1,9 +1,9 @@
 """Scoring text with XLM: log-probabilities under the causal model, perplexity, and filling masks.
 
 Ids in, numbers out; the tokenizer (and so the framing) is the caller's choice. A sentence is scored as XLM's
-CLM was trained (xlm/trainer.py `clm_step`: targets are the inputs shifted by one): every token after the first
-is predicted from the tokens before it, the final `</s>` included, the first one (the BOS: `</s>` in the original
-framing, `<s>` in transformers') only conditioned on.
+CLM was trained (facebookresearch/XLM, `clm_step`: the targets are the inputs shifted by one). Every token after
+the first is predicted from the tokens before it, the final `</s>` included; the first one (the BOS: `</s>` in
+the original framing, `<s>` in transformers') is only conditioned on.
 
     log P(sentence) = Σ_{t ≥ 1} log P(x_t | x_<t)
     perplexity of a corpus = exp(Σ_sentences NLL / Σ_sentences scored tokens)   (a token-weighted mean)
@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from xlm.config import XLMConfig
 from xlm.errors import InputError
-from xlm.generate import require_causal_lm
+from xlm.generate import UNKNOWN_OBJECTIVE, require_causal_lm
 from xlm.model import XLM
 
 LOGITS_CHUNK = 256  # positions per LM-head call: 256 x 64,139 fp32 logits = 66 MB, whatever the batch
@@ -214,15 +215,12 @@ def fill_mask(
     ]
 
 
-def require_masked_lm(config) -> None:
+def require_masked_lm(config: XLMConfig) -> None:
     """Top-k filling needs a model that sees both sides of the mask."""
     if config.objective == "mlm":
         return
     if config.objective is None:
-        raise InputError(
-            "the checkpoint does not say how it was trained; load it with objective='clm' or 'mlm' "
-            "(command line: --objective clm|mlm)"
-        )
+        raise InputError(UNKNOWN_OBJECTIVE)
     raise InputError(
         "this is a causal LM: it never sees the right side of a mask, so it cannot fill one; rank candidate "
         "fillers by sentence likelihood instead (rank_fillers; command line: --candidates a,b,c)"
