@@ -1,0 +1,5 @@
+"""`python -m xlm ...`: the `xlm` command (xlm/cli.py)."""
+
+from xlm.cli import main
+
+raise SystemExit(main())
