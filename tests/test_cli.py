@@ -238,7 +238,7 @@ def test_a_masked_lm_and_an_unknown_objective_are_refused_with_the_flag_to_pass(
 
 def test_help_lists_every_verb():
     text = build_parser().format_help()
-    for verb in ("generate", "score", "fill-mask", "parity"):
+    for verb in ("generate", "score", "fill-mask", "parity", "download", "convert"):
         assert verb in text
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +316,19 @@ def test_convert_script(tmp_path, original, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(path), "--out", str(out)])
     assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_xlm_convert_verb_through_a_subprocess(tmp_path, original):
+    path, codes, _ = original
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = partial(subprocess.run, capture_output=True, text=True, env=env, timeout=300)
+    out = tmp_path / "converted"
+    result = run([sys.executable, "-m", "xlm", "convert", str(path), "--codes", str(codes), "--out", str(out)])
+    assert result.returncode == 0, result.stderr
+    assert load_pretrained(out).config.objective == "clm"
+    result = run([sys.executable, "-m", "xlm", "convert", str(tmp_path / "missing.pth"), "--codes", str(codes)])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("xlm convert: error: ")
 
 
 def test_the_output_directory_gets_ordinary_permissions(tmp_path, original):

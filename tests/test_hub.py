@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from unittest.mock import Mock
 
@@ -29,15 +32,18 @@ import xlm.download
 import xlm.hub
 from xlm.checkpoint import load_pretrained
 from xlm.download import download, main, sha256, verify_download
-from xlm.errors import CheckpointError
+from xlm.errors import CheckpointError, TokenizerError
 from xlm.hub import resolve, resolve_checkpoint, resolve_tokenizer
 from xlm.parity import load_transformers_model
+from xlm.tokenizer import Tokenizer
 
 REPO = "FacebookAI/xlm-clm-enfr-1024"
 SHORT = "xlm-clm-enfr-1024"
 COMMIT = "3385d1c5b1c3f1e7a4a1c6a0d5f4f0e9b8c7d6e5"
 OLD_COMMIT = "41069c56a95b158d1b37fb20e0a710fe4d794a8f"
 TOKENIZER = ("vocab.json", "merges.txt", "tokenizer_config.json")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +159,17 @@ def test_tokenizer_files_resolve_with_the_optional_config(fake_hub, tiny_checkpo
     assert resolve_tokenizer(directory) == directory  # a local directory is itself
     with pytest.raises(CheckpointError, match=r"special_tokens_map\.json of FacebookAI/xlm-clm-enfr-1024"):
         resolve(REPO, ("special_tokens_map.json",), local_files_only=True)
+
+
+@pytest.mark.parametrize("name", [REPO, SHORT], ids=["hub-id", "legacy-short-name"])
+def test_tokenizer_by_hub_id_and_revision(fake_hub, tiny_checkpoint, name):
+    fake_hub.add(REPO, COMMIT, published_files(tiny_checkpoint(SHORT)))
+    tokenizer = Tokenizer.from_pretrained(name, revision=COMMIT, local_files_only=True)
+    local = Tokenizer.from_pretrained(tiny_checkpoint(SHORT))
+    assert tokenizer.encode("Le chat, l'été.", "fr") == local.encode("Le chat, l'été.", "fr")
+    assert tokenizer.lang2id == {"en": 0, "fr": 1}
+    with pytest.raises(TokenizerError, match=r"FacebookAI/xlm-clm-enfr-1024 \(revision v9\)"):
+        Tokenizer.from_pretrained(name, revision="v9", local_files_only=True)
 
 
 # --- The published layout: pytorch_model.bin only, the head stored twice -------------------------------------
@@ -306,6 +323,18 @@ def test_download_script(published, capsys):
     assert main(["xlm-mlm-en-2048", "--offline", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("download_weights: error: config.json of FacebookAI/xlm-mlm-en-2048") and err.count("\n") == 1
+
+
+def test_xlm_download_verb_through_a_subprocess(published, fake_hub):
+    """`xlm download` as a user runs it: offline from the hub cache, then one bad name (exit 2, one line)."""
+    env = {**os.environ, "HF_HUB_CACHE": str(fake_hub.root), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    run = partial(subprocess.run, capture_output=True, text=True, env=env, timeout=300)
+    result = run([sys.executable, "-m", "xlm", "download", SHORT, "--quiet"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"weights/{SHORT}: {REPO} at {COMMIT}") and verify_download(Path("weights", SHORT))
+    result = run([sys.executable, "-m", "xlm", "download", "xlm-mlm-en-2048", "--quiet"])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("xlm download: error: config.json of FacebookAI/xlm-mlm-en-2048")
 
 
 @pytest.mark.slow

@@ -30,6 +30,9 @@ from xlm.errors import CheckpointError, ConfigError
 from xlm.hub import WEIGHT_FILES, resolve_checkpoint, shard_files
 from xlm.model import XLM
 
+# The dtypes a model can be loaded in, by the names the command-line tools use.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 # Original/transformers name (prefixes stripped) -> ours. `{}` stands for the layer index; None drops the key.
 KEY_TABLE: dict[str, str | None] = {
     "embeddings.weight": "embeddings.weight",

@@ -27,27 +27,21 @@ from pathlib import Path
 
 import torch
 
-from xlm.checkpoint import load_pretrained
-from xlm.errors import InputError, XLMError
+from xlm.checkpoint import DTYPES, load_pretrained
+from xlm.errors import InputError, OneLineParser, XLMError
 from xlm.generate import generate, left_pad
 from xlm.model import XLM
 from xlm.scoring import MaskFill, corpus_perplexity, fill_mask, rank_fillers, right_pad, token_logprobs
 from xlm.tokenizer import Tokenizer
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FRAMINGS = ("original", "transformers")  # = the tokenizer presets
 
 # Verbs implemented elsewhere as `main(argv, prog) -> int`: name -> (module, help). Adding one is one line.
 DELEGATED: dict[str, tuple[str, str]] = {
     "parity": ("xlm.parity", "compare this implementation's logits with transformers' on a checkpoint"),
+    "download": ("xlm.download", "download a hub checkpoint into weights/<name>/, as safetensors, with a manifest"),
+    "convert": ("xlm.convert", "convert an original XLM .pth checkpoint to transformers' layout"),
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad arguments: one line on stderr and exit code 2, not a usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 # --- Loading ------------------------------------------------------------------------------------------------

@@ -43,8 +43,7 @@ from torch import Tensor
 
 from xlm.checkpoint import checkpoint_name, convert_state_dict, load_state_dict_into, map_key, torch_load_weights_only
 from xlm.config import XLMConfig, from_hf_config
-from xlm.errors import CheckpointError, ConfigError, XLMError
-from xlm.parity import _OneLineParser
+from xlm.errors import CheckpointError, ConfigError, OneLineParser, XLMError
 from xlm.synthetic import SPECIAL_TOKENS
 
 try:  # numpy >= 2
@@ -273,7 +272,7 @@ def convert_original(checkpoint: str | Path, codes: str | Path, out_dir: str | P
 
 
 def build_parser(prog: str = "convert_original") -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=prog, description="Convert an original facebookresearch/XLM checkpoint (.pth) to transformers' layout."
     )
     parser.add_argument("checkpoint", metavar="CKPT.pth", help="the original checkpoint, e.g. mlm_enfr_1024.pth")

@@ -31,9 +31,8 @@ from tqdm.auto import tqdm
 from xlm.checkpoint import load_state_dict_into, read_state_dict, read_torch_pickle
 from xlm.config import from_hf_config
 from xlm.convert import atomic_directory, transformers_state_dict, write_json, write_safetensors
-from xlm.errors import CheckpointError, XLMError
+from xlm.errors import CheckpointError, OneLineParser, XLMError
 from xlm.hub import CONFIG_FILE, TOKENIZER_FILES, WEIGHT_FILES, HubSnapshot, hub_repo_id, shard_files
-from xlm.parity import _OneLineParser
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +191,7 @@ def _file_entry(path: Path, progress: bool) -> dict[str, Any]:
 
 
 def build_parser(prog: str = "download_weights") -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog=prog, description="Download an XLM checkpoint from the hub into weights/<name>/.")
+    parser = OneLineParser(prog=prog, description="Download an XLM checkpoint from the hub into weights/<name>/.")
     parser.add_argument("name", help="hub id (FacebookAI/xlm-clm-enfr-1024) or short name (xlm-clm-enfr-1024)")
     parser.add_argument("--revision", help="branch, tag or commit (default main)")
     parser.add_argument("--out", default="weights", metavar="DIR", help="parent directory (default weights)")

@@ -26,14 +26,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from xlm.checkpoint import load_pretrained
+from xlm.checkpoint import DTYPES, load_pretrained
 from xlm.config import PRESETS
-from xlm.errors import XLMError
+from xlm.errors import OneLineParser, XLMError
 from xlm.model import XLM
 from xlm.synthetic import import_transformers, save_synthetic_checkpoint
 
 DEFAULT_PRESET = "xlm-clm-enfr-1024"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -118,15 +117,8 @@ def format_table(reports: list[ModeReport], header: str, criterion: str) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Bad arguments: one line on stderr and exit code 2, not a usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog: str = "parity_check") -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="checkpoint directory or weights file (transformers layout)")
     source.add_argument(

@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 
 from xlm.bpe import END_OF_WORD, FASTBPE_CONTINUATION, Merge, make_bpe, parse_merges, read_merges
-from xlm.errors import TokenizerError
+from xlm.errors import CheckpointError, TokenizerError
+from xlm.hub import resolve_tokenizer
 from xlm.moses import MosesPipeline, lowercase_and_remove_accents
 
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>", *(f"<special{i}>" for i in range(10)))
@@ -122,14 +123,27 @@ class Tokenizer:
     # ---- files -----------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, preset: str | None = None, bpe_backend: str = "python") -> Tokenizer:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        preset: str | None = None,
+        bpe_backend: str = "python",
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> Tokenizer:
         """Load transformers' layout: `vocab.json`, `merges.txt`, and `tokenizer_config.json` if present.
 
+        path: a local directory, or a hub id (`FacebookAI/xlm-clm-enfr-1024`, or the legacy `xlm-clm-enfr-1024`)
+            at `revision`, through huggingface_hub's cache (xlm/hub.py; `local_files_only`: the cache only).
         preset None means "transformers": a directory in this layout is a transformers checkpoint, and its
         tokenizer_config.json says what transformers does with it. Without that file, transformers'
         defaults apply: lowercase + accent removal on, no languages.
         """
-        directory = _local_directory(path)
+        try:
+            directory = resolve_tokenizer(path, revision=revision, local_files_only=local_files_only)
+        except CheckpointError as error:
+            raise TokenizerError(str(error)) from None
         config_path = directory / CONFIG_FILE
         config = _read_json(config_path) if config_path.exists() else {}
         preset = preset or "transformers"
@@ -468,14 +482,6 @@ def convert_fastbpe_vocab(codes_path: str | Path, vocab_path: str | Path, out_di
 
 
 # ---- checks and small file helpers ---------------------------------------------------------------------
-
-
-def _local_directory(path: str | Path) -> Path:
-    """The local directory holding a checkpoint's tokenizer files (the place to resolve hub names later)."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise TokenizerError(f"{path} is not a directory with vocab.json and merges.txt")
-    return directory
 
 
 def _read_text(path: str | Path) -> str:
