@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from xlm.parity import transformers_reference_ids
 from xlm.tokenizer import Tokenizer, convert_fastbpe_vocab
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,25 +85,6 @@ def make_enfr_tokenizer_dir(vocab_dir: Path, out_dir: Path) -> Path:
 
 
 # ---- transformers' reference ids -----------------------------------------------------------------------
-
-
-def transformers_reference_ids(hf, text: str, lang: str, add_special_tokens: bool = True) -> list[int]:
-    """The ids transformers' XLMTokenizer `hf` gives `text` in `lang`: what `Tokenizer.encode` must equal.
-
-    transformers' public `tokenize()`/`__call__` drop `lang` (5.24: Moses always runs with English rules), so
-    this does what they do with the language passed on: split out literal special tokens (`tokens_trie`),
-    run `_tokenize(part, lang=lang)` on the rest, map to ids, add `<s> ... </s>`. For text without literal
-    special tokens that is
-        hf.build_inputs_with_special_tokens(hf.convert_tokens_to_ids(hf._tokenize(text, lang=lang)))
-    """
-    pieces = []
-    for part in hf.tokens_trie.split(text):
-        if part in hf._added_tokens_encoder:  # the special tokens, as `tokenize()` checks them
-            pieces.append(part)
-        elif part:
-            pieces.extend(hf._tokenize(part, lang=lang))
-    ids = hf.convert_tokens_to_ids(pieces)
-    return hf.build_inputs_with_special_tokens(ids) if add_special_tokens else ids
 
 
 def transformers_encode_lines(hf, texts: list[str], langs: list[str], workers: int = 1) -> list[list[int]]:

@@ -25,10 +25,10 @@ from scripts.bench_tokenizer import (
     default_enfr_vocab_dir,
     gettext_corpus,
     make_enfr_tokenizer_dir,
-    transformers_reference_ids,
 )
 from xlm.bpe import fastbpe_installed
 from xlm.config import PRESETS, XLMConfig
+from xlm.parity import transformers_reference_ids
 from xlm.synthetic import save_synthetic_checkpoint
 
 FULL_SIZE = "xlm-clm-enfr-1024"
@@ -216,7 +216,7 @@ def enfr_transformers_tokenizer(transformers_module, enfr_tokenizer_dir: Path):
 @pytest.fixture(scope="session")
 def transformers_ids():
     """`transformers_ids(hf, text, lang, add_special_tokens=True)`: transformers' reference ids, with `lang`
-    reaching Moses (scripts/bench_tokenizer.transformers_reference_ids)."""
+    reaching Moses (xlm.parity.transformers_reference_ids)."""
     return transformers_reference_ids
 
 

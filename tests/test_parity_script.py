@@ -101,3 +101,26 @@ def test_bf16_is_judged_on_top1_agreement(tiny_checkpoint, tmp_path, capsys):
     assert all(mode["top1_agreement"] >= 0.99 for mode in report["causal"].values())
     assert "top-1 >= 99%" in capsys.readouterr().out
     assert xlm.parity.main(["--model", path, "--dtype", "bf16", "--min-top1", "1.01"]) == 1
+
+
+@pytest.mark.slow
+def test_text_mode_on_the_real_enfr_tokenizer(full_size_checkpoint, enfr_tokenizer_dir, tmp_path, capsys):
+    """`--text ... --lang fr`: our ids equal transformers' (French Moses rules), then the logits on them."""
+    text = "C'est l'été à Montréal, et le chat est noir."
+    args = ["--model", str(full_size_checkpoint), "--tokenizer", str(enfr_tokenizer_dir), "--text", text]
+    assert xlm.parity.main([*args, "--lang", "fr", "--json", str(tmp_path / "t.json")]) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["text"]["ids_equal"] and report["text"]["ours"][0] == 0  # <s>: the transformers framing
+    assert report["text"]["lang"] == "fr" and report["max_abs_logits"] <= 1e-5
+    assert "identical to transformers' _tokenize(text, lang='fr')" in capsys.readouterr().out
+
+
+def test_text_mode_fails_when_the_ids_differ(tiny_checkpoint, monkeypatch, tmp_path, capsys):
+    from xlm.tokenizer import Tokenizer
+
+    encode = Tokenizer.encode
+    monkeypatch.setattr(Tokenizer, "encode", lambda self, text, lang: encode(self, text, lang)[:-1])  # drop </s>
+    args = ["--model", str(tiny_checkpoint()), "--text", "Le chat.", "--lang", "fr", "--json", str(tmp_path / "t")]
+    assert xlm.parity.main(args) == 1
+    assert json.loads((tmp_path / "t").read_text())["text"]["ids_equal"] is False
+    assert "ids DIFFER from transformers' from position" in capsys.readouterr().out

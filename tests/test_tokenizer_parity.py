@@ -1,7 +1,7 @@
 """Acceptance: our ids equal transformers' on every line of a real English and French corpus.
 
 The reference for a line in language `lang` is transformers' `_tokenize(line, lang=lang)` plus its special
-tokens (scripts/bench_tokenizer.transformers_reference_ids): transformers' public `tokenize()` drops `lang`.
+tokens (xlm.parity.transformers_reference_ids): transformers' public `tokenize()` drops `lang`.
 Line counts and results appear in pytest's summary under "xlm test report".
 """
 

@@ -140,49 +140,121 @@ def build_parser(prog: str = "parity_check") -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--min-top1", type=float, default=0.99, help="for bf16/fp16: top-1 agreement needed")
     parser.add_argument("--device", default="cpu", help="torch device for both models (default cpu)")
+    parser.add_argument("--text", help="compare the tokenizers' ids on this text, then the logits on it")
+    parser.add_argument("--lang", help="the text's language (default: the model's first)")
+    parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer files (default: the checkpoint's directory)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     return parser
+
+
+def checkpoint_path(args: argparse.Namespace, stack: ExitStack) -> tuple[Path, str]:
+    """The checkpoint to compare, and how to name it in the report (a synthetic one lives in a temporary dir)."""
+    if args.model is not None:
+        return Path(args.model), args.model
+    preset = args.synthetic or DEFAULT_PRESET
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    print(f"writing a synthetic {preset} checkpoint with transformers (seed {args.seed})", file=sys.stderr)
+    path = save_synthetic_checkpoint(PRESETS[preset], tmp / preset, seed=args.seed)
+    return path, f"synthetic {preset} (seed {args.seed}, saved by transformers' save_pretrained)"
+
+
+def transformers_reference_ids(hf, text: str, lang: str, add_special_tokens: bool = True) -> list[int]:
+    """The ids transformers' XLMTokenizer `hf` gives `text` in `lang`: what `Tokenizer.encode` must equal.
+
+    transformers' public `tokenize()`/`__call__` drop `lang` (5.24: Moses always runs with English rules), so
+    this does what they do with the language passed on: split out literal special tokens (`tokens_trie`),
+    run `_tokenize(part, lang=lang)` on the rest, map to ids, add `<s> ... </s>`. For text without literal
+    special tokens that is
+        hf.build_inputs_with_special_tokens(hf.convert_tokens_to_ids(hf._tokenize(text, lang=lang)))
+    """
+    pieces = []
+    for part in hf.tokens_trie.split(text):
+        if part in hf._added_tokens_encoder:  # the special tokens, as `tokenize()` checks them
+            pieces.append(part)
+        elif part:
+            pieces.extend(hf._tokenize(part, lang=lang))
+    ids = hf.convert_tokens_to_ids(pieces)
+    return hf.build_inputs_with_special_tokens(ids) if add_special_tokens else ids
+
+
+@dataclass
+class TextReport:
+    lang: str
+    ours: list[int]  # Tokenizer.from_pretrained(dir).encode(text, lang)
+    theirs: list[int]  # transformers_reference_ids(XLMTokenizer.from_pretrained(dir), text, lang)
+
+    @property
+    def ids_equal(self) -> bool:
+        return self.ours == self.theirs
+
+    def summary(self) -> str:
+        if self.ids_equal:
+            return f"ids ({len(self.ours)}): identical to transformers' _tokenize(text, lang={self.lang!r}) + specials"
+        first = next((i for i, (a, b) in enumerate(zip(self.ours, self.theirs, strict=False)) if a != b), None)
+        first = min(len(self.ours), len(self.theirs)) if first is None else first
+        return f"ids DIFFER from transformers' from position {first}: ours {self.ours}, theirs {self.theirs}"
+
+
+def text_batch(args: argparse.Namespace, path: Path, ours: XLM) -> tuple[Batch, TextReport]:
+    """One row: `--text` encoded by our tokenizer, after checking its ids against transformers' tokenizer."""
+    from xlm.tokenizer import Tokenizer  # Moses is loaded only for the text mode
+
+    directory = Path(args.tokenizer) if args.tokenizer else (path if path.is_dir() else path.parent)
+    lang = args.lang or ours.config.languages[0]
+    ids = Tokenizer.from_pretrained(directory).encode(args.text, lang)
+    hf = import_transformers().XLMTokenizer.from_pretrained(directory)
+    report = TextReport(lang, ids, transformers_reference_ids(hf, args.text, lang))
+    input_ids = torch.tensor([ids], device=args.device)
+    langs = None
+    if ours.config.has_lang_embeddings:
+        langs = torch.full_like(input_ids, ours.config.lang2id[lang])
+    return Batch(input_ids, torch.ones_like(input_ids, dtype=torch.bool), langs), report
 
 
 def run(args: argparse.Namespace) -> int:
     if args.batch < 1 or not 1 <= args.seq <= 512:
         raise XLMError(f"--batch must be >= 1 and --seq in 1..512, got {args.batch} x {args.seq}")
+    text = None
     with ExitStack() as stack:
-        if args.model is not None:
-            path, label = Path(args.model), args.model
-        else:
-            preset = args.synthetic or DEFAULT_PRESET
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            print(f"writing a synthetic {preset} checkpoint with transformers (seed {args.seed})", file=sys.stderr)
-            path = save_synthetic_checkpoint(PRESETS[preset], tmp / preset, seed=args.seed)
-            label = f"synthetic {preset} (seed {args.seed}, saved by transformers' save_pretrained)"
+        path, label = checkpoint_path(args, stack)
         ours = load_pretrained(path, dtype=DTYPES[args.dtype], device=args.device)
         ours.use_reference_attention(args.attention == "reference")
         theirs = load_transformers_model(path).to(args.device)
-        batch = make_batch(ours, args.batch, args.seq, args.seed, args.device)
+        if args.text is not None:
+            batch, text = text_batch(args, path, ours)
+        else:
+            batch = make_batch(ours, args.batch, args.seq, args.seed, args.device)
         modes = {"both": [False, True], "off": [False], "on": [True]}[args.causal]
         if args.dtype == "fp32":
             criterion, accept = f"within {args.tol:g}", lambda max_abs, top1: max_abs <= args.tol
         else:  # lower precision cannot be bitwise equal: judge what a user sees, the predicted token
             criterion, accept = f"top-1 >= {100 * args.min_top1:g}%", lambda max_abs, top1: top1 >= args.min_top1
         reports = [compare(ours, theirs, batch, causal, accept) for causal in modes]
-    transformers = import_transformers()
+    B, T = batch.input_ids.shape
+    shape = f"text: {args.text!r}\n{text.summary()}" if text else f"batch: {B} x {T}, seed {args.seed}"
     header = (
-        f"xlm ({args.dtype}, {args.attention} attention, {args.device}) vs transformers {transformers.__version__} "
-        f"XLMWithLMHeadModel (fp32)\ncheckpoint: {label}\n"
-        f"batch: {args.batch} x {args.seq}, seed {args.seed}" + (", last row right-padded" if args.batch > 1 else "")
+        f"xlm ({args.dtype}, {args.attention} attention, {args.device}) vs transformers "
+        f"{import_transformers().__version__} XLMWithLMHeadModel (fp32)\ncheckpoint: {label}\n"
+        + shape
+        + (", last row right-padded" if B > 1 else "")
     )
     print(format_table(reports, header, criterion))
-    ok = all(r.ok for r in reports)
+    ok = all(r.ok for r in reports) and (text is None or text.ids_equal)
     if args.json:
-        result = {
-            "ok": ok,
-            "max_abs_logits": max(r.max_abs_logits for r in reports),
-            "per_layer": [max(values) for values in zip(*(r.per_layer for r in reports), strict=True)],
-            "causal": {("on" if r.causal else "off"): asdict(r) for r in reports},
-        }
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, ok, reports, text)
     return 0 if ok else 1
+
+
+def write_json(path: str, ok: bool, reports: list[ModeReport], text: TextReport | None) -> None:
+    result = {
+        "ok": ok,
+        "max_abs_logits": max(r.max_abs_logits for r in reports),
+        "per_layer": [max(values) for values in zip(*(r.per_layer for r in reports), strict=True)],
+        "causal": {("on" if r.causal else "off"): asdict(r) for r in reports},
+    }
+    if text is not None:
+        result["text"] = {**asdict(text), "ids_equal": text.ids_equal}
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None, prog: str = "parity_check") -> int:
