@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -15,7 +16,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xlm.config import PRESETS
 from xlm.errors import TokenizerError
+from xlm.model import XLM
 from xlm.tokenizer import Tokenizer, convert_fastbpe_vocab, read_fastbpe_vocab
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -240,7 +243,7 @@ def test_text_must_be_a_string(enfr):
 
 def test_batch_pads_right_with_per_position_languages(enfr):
     batch = enfr.batch(["Le chat est noir.", "Hello world!"], ["fr", "en"])
-    assert batch.keys() == ["input_ids", "attention_mask", "langs", "lengths"]
+    assert batch.keys() == ["input_ids", "attention_mask", "langs"]
     assert all(batch[key].dtype == torch.long for key in batch.keys())  # noqa: SIM118 (a Batch is no dict)
     assert batch.input_ids.tolist() == [[0, 33, 5890, 61, 6342, 15, 1], [0, 513, 5739, 207, 262, 1, 2]]
     assert batch.attention_mask.tolist() == [[1] * 7, [1] * 6 + [0]]
@@ -264,6 +267,16 @@ def test_batch_feeds_a_transformers_model_by_name(enfr, transformers_module):
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape == (2, 7, enfr.vocab_size)
+
+
+def test_batch_feeds_our_model_by_name(enfr):
+    model = XLM(dataclasses.replace(PRESETS["xlm-clm-enfr-1024"], dim=16, n_layers=1, n_heads=2)).eval()
+    batch = enfr.batch(["Le chat est noir.", "Hello world!"], ["fr", "en"])
+    with torch.no_grad():
+        logits = model(**batch, causal=True)
+        alone = model(**enfr.batch(["Hello world!"], "en"), causal=True)
+    assert logits.shape == (2, 7, enfr.vocab_size)
+    torch.testing.assert_close(logits[1, :6], alone[0], rtol=0, atol=1e-5)  # the padding changes nothing
 
 
 def test_pad_takes_encoded_lines(enfr):

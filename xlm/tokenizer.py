@@ -62,18 +62,23 @@ _SPECIAL_TOKEN = re.compile("|".join(map(re.escape, sorted(SPECIAL_TOKENS, key=l
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """Padded model inputs for B texts of at most T tokens; `model(**batch)` passes all four by name.
+    """Padded model inputs for B texts of at most T tokens, passed by name: `model(**batch, causal=True)`.
 
     input_ids       (B, T) long   token ids, `<pad>` (2) where a row is shorter than T
     attention_mask  (B, T) long   1 for a real token, 0 for padding (long, like transformers' tokenizers)
     langs           (B, T) long   language id of every position, padding included (as in XLM's training)
-    lengths         (B,)   long   number of real tokens in each row
+
+    transformers' `XLMWithLMHeadModel` takes the same three names (`model(**batch)`).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     langs: torch.Tensor
-    lengths: torch.Tensor
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) long: the number of real tokens in each row."""
+        return self.attention_mask.sum(dim=1)
 
     def keys(self) -> list[str]:
         return [field.name for field in dataclasses.fields(self)]
@@ -334,7 +339,7 @@ class Tokenizer:
             input_ids[row, start : start + len(sequence)] = torch.tensor(checked, dtype=torch.long)
             attention_mask[row, start : start + len(sequence)] = 1
         langs_tensor = torch.tensor(lang_ids, dtype=torch.long)[:, None].repeat(1, width)
-        return Batch(input_ids, attention_mask, langs_tensor, torch.tensor(lengths, dtype=torch.long))
+        return Batch(input_ids, attention_mask, langs_tensor)
 
     # ---- bulk ------------------------------------------------------------------------------------------
 
