@@ -236,9 +236,12 @@ class XLM(nn.Module):
         )  # fmt: skip
         return self.logits(h)
 
+    # The head's matrix product. xlm/fast.py (opt-in) swaps in a faster CPU kernel on the same weights.
+    linear = staticmethod(F.linear)
+
     def logits(self, h: Tensor) -> Tensor:
         """Hidden states (..., C) -> logits (..., V): the tied word embeddings plus the output bias."""
-        return F.linear(h, self.embeddings.weight, self.output_bias)
+        return self.linear(h, self.embeddings.weight, self.output_bias)
 
     def encode(
         self,
