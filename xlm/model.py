@@ -89,9 +89,9 @@ class KVCache:
     def __init__(self, config: XLMConfig, batch_size: int, max_len: int, *, dtype: torch.dtype, device):
         if not 0 < max_len <= config.max_positions:
             raise InputError(f"cache length {max_len} is not in 1..{config.max_positions}")
-        shape = (config.n_layers, batch_size, config.n_heads, max_len, config.head_dim)  # (L, B, H, S_max, D)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, config.n_heads, max_len, config.head_dim)  # (B, H, S_max, D) per layer
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # (B, S_max)
 
     @property
@@ -99,7 +99,7 @@ class KVCache:
         return self.valid.size(1)
 
     def layer(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.k[i], self.v[i]  # (B, H, S_max, D) views
+        return self.k[i], self.v[i]  # (B, H, S_max, D)
 
     def record(self, start_pos: int, real: Tensor) -> Tensor:
         """Mark slots start_pos.. as real or padding (real: (B, T)); return the flags of slots 0..end, (B, S)."""
