@@ -166,3 +166,23 @@ def test_optimized_full_size_model_equals_plain(full_size_checkpoint):
         a, b = (generate(m, rows, 0, max_new_tokens=32, stop_at_eos=False, output_logits=True) for m in (plain, fast_))
         assert torch.equal(a.tokens, b.tokens)
         torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=TOL)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own use of torch.jit
+def test_compiled_decoding_gives_the_plain_tokens(plain):
+    """`compile_decoding=True`: generate's decode step through torch.compile, batch 1 and 2, same tokens."""
+    compiled = fast.optimize(copy.deepcopy(plain), compile_decoding=True)
+    assert callable(compiled.decode_step)
+    prompts = [random_ids(CONFIG.vocab_size, (1, n), seed=n)[0].tolist() for n in (9, 4)]
+    for rows in (prompts[:1], prompts):
+        input_ids, attention_mask = left_pad(rows)
+        runs = [
+            generate(
+                model, input_ids, 1, attention_mask=attention_mask, max_new_tokens=12, stop_at_eos=False,
+                output_logits=True,
+            )
+            for model in (plain, compiled)
+        ]  # fmt: skip
+        assert torch.equal(runs[0].tokens, runs[1].tokens)
+        torch.testing.assert_close(runs[1].logits, runs[0].logits, rtol=0, atol=TOL)

@@ -37,6 +37,9 @@ from xlm.model import XLM
 GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; from 4 rows on oneDNN is as fast (measured)
 KERNEL_SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+# oneDNN's fp32 matmul on plain weights: x86 CPU builds of torch (aarch64 builds use it with ACL).
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_built = {"gemv": False}  # set by gemv_kernel(); `linear` reads it (a plain flag: torch.compile can trace it)
 
 
 # --- The kernels --------------------------------------------------------------------------------------------
@@ -44,7 +47,7 @@ _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 @functools.cache
 def gemv_kernel():
-    """The compiled `xlm/csrc/gemv.cpp` (a Python module with `gemv(x, w, b)`), or None if it cannot be built.
+    """`torch.ops.xlm`, whose `gemv(x, w, b)` is the compiled `xlm/csrc/gemv.cpp`; None if it cannot be built.
 
     Built once with torch's C++ extension loader (needs a C++ compiler and ninja; ~30 s) and cached by torch in
     $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). -march=native: the build is named after this
@@ -57,10 +60,12 @@ def gemv_kernel():
     cpu = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} {_cpu_model()}"
     name = "xlm_gemv_" + hashlib.sha1(cpu.encode()).hexdigest()[:10]
     try:
-        return load(
+        load(
             name, [str(KERNEL_SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"], verbose=False,
+            extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False,
         )  # fmt: skip
+        _built["gemv"] = True
+        return torch.ops.xlm
     except Exception as err:  # no compiler, no ninja, a compiler error: the fallbacks still work
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         warnings.warn(f"xlm.fast: the decoding kernel could not be built ({message}); using F.linear", stacklevel=2)
@@ -77,26 +82,35 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-@functools.cache
-def onednn_available() -> bool:
-    """oneDNN's fp32 matmul on plain weights: x86 CPU builds of torch (aarch64 builds use it with ACL)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear(x, weight, bias)` on the fastest kernel for its shape: x (..., I), weight (O, I) -> (..., O).
 
-    CPU, fp32/bf16, no autograd: at most GEMV_MAX_ROWS rows -> the streaming kernel; more rows in fp32 ->
-    oneDNN. Everything else -> F.linear.
+    CPU, fp32/bf16, no autograd: at most GEMV_MAX_ROWS rows -> the streaming kernel (once `gemv_kernel()` has
+    built it: `optimize` does); more rows in fp32 -> oneDNN. Everything else -> F.linear.
     """
     if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.dtype != weight.dtype or _needs_grad(x, weight):
         return F.linear(x, weight, bias)
     rows = x.numel() // x.size(-1) if x.size(-1) else 0
-    if 0 < rows <= GEMV_MAX_ROWS and weight.is_contiguous() and (kernel := gemv_kernel()) is not None:
-        return kernel.gemv(x.reshape(rows, x.size(-1)), weight, bias).view(*x.shape[:-1], weight.size(0))
-    if x.dtype == torch.float32 and onednn_available():
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    if 0 < rows <= GEMV_MAX_ROWS and _built["gemv"] and weight.is_contiguous():
+        return torch.ops.xlm.gemv(x.reshape(rows, x.size(-1)), weight, bias).view(*x.shape[:-1], weight.size(0))
+    if x.dtype == torch.float32 and ONEDNN:
+        return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+@torch.library.custom_op("xlm::onednn_linear", mutates_args=())
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """oneDNN's matmul on nn.Linear's own weight layout: (..., I) x (O, I) -> (..., O), fp32 on CPU.
+
+    An operator of its own so that torch.compile calls it as it is (Inductor only lowers this oneDNN call for
+    weights it has repacked itself).
+    """
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty(*x.shape[:-1], weight.size(0))
 
 
 def _needs_grad(x: Tensor, weight: Tensor) -> bool:
@@ -113,13 +127,17 @@ class FastLinear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-def optimize(model: XLM, *, build_kernel: bool = True) -> XLM:
+def optimize(model: XLM, *, compile_decoding: bool = False) -> XLM:
     """Route every matrix product of `model` (in place) through `linear`; returns the model.
 
     The blocks' nn.Linear modules become `FastLinear` (a class swap: their parameters stay what they are) and
-    the LM head's product (`XLM.linear`) becomes `linear`. `build_kernel`: compile the decoding kernel now
-    (~30 s the first time) rather than on the first decoding step. On a non-CPU model this does nothing and
-    says so.
+    the LM head's product (`XLM.linear`) becomes `linear`. Builds the decoding kernel if needed (~30 s the first
+    time on a machine, then cached). On a non-CPU model this does nothing and says so.
+
+    compile_decoding: also give `generate` a torch.compile'd decode step (`model.decode_step`). Between its 37
+    matrix products a step runs ~150 small operations (LayerNorms, attention over the cache, GELU, residuals),
+    ~3 ms of Python and dispatch in eager mode; compiled, they are a few fused loops. Dynamic shapes: one
+    compilation (~15-40 s, on the first step) serves every step, batch size and cache length.
     """
     device = model.embeddings.weight.device
     if device.type != "cpu":
@@ -129,8 +147,11 @@ def optimize(model: XLM, *, build_kernel: bool = True) -> XLM:
         if type(module) is nn.Linear:
             module.__class__ = FastLinear
     model.linear = linear
-    if build_kernel and model.embeddings.weight.dtype in _KERNEL_DTYPES:
-        gemv_kernel()
+    gemv_kernel()
+    if compile_decoding:
+        from xlm.generate import decode_one
+
+        model.decode_step = torch.compile(decode_one, dynamic=True)
     return model
 
 
@@ -138,4 +159,4 @@ def is_optimized(model: XLM) -> bool:
     return getattr(model, "linear", None) is linear
 
 
-__all__ = ["GEMV_MAX_ROWS", "FastLinear", "gemv_kernel", "is_optimized", "linear", "onednn_available", "optimize"]
+__all__ = ["GEMV_MAX_ROWS", "ONEDNN", "FastLinear", "gemv_kernel", "is_optimized", "linear", "optimize"]

@@ -254,6 +254,7 @@ class XLM(nn.Module):
         cache: KVCache | None = None,
         start_pos: int = 0,
         all_layers: bool = False,
+        check_ranges: bool = True,
     ) -> Tensor:
         """Final hidden states (B, T, C); with `all_layers`, the embedding output and every block's, (L+1, B, T, C).
 
@@ -265,6 +266,9 @@ class XLM(nn.Module):
             row (cached ones included), so left and right padding both give a row the positions 0, 1, 2, ...
         cache, start_pos: write this call's keys/values to slots start_pos.. of `cache` and attend to the
             slots before them too (causal only: only then does a cache reproduce a full forward).
+        check_ranges: False skips checking ids, positions and langs against the tables (each check reads a value
+            back to Python: a host sync on a GPU, a graph break for torch.compile); for generate's decode steps,
+            whose inputs are the model's own predictions.
         """
         B, T = self._check_shape(input_ids, cache, start_pos, causal)
         real = input_ids.ne(self.config.pad_id) if attention_mask is None else attention_mask.bool()  # (B, T)
@@ -272,7 +276,8 @@ class XLM(nn.Module):
         if positions is None:
             positions = (key_valid.cumsum(dim=1) - 1).clamp(min=0)[:, start_pos:]  # (B, T)
         langs = self._language_ids(langs, B, T)
-        self._check_ranges(input_ids, positions, langs)
+        if check_ranges:
+            self._check_ranges(input_ids, positions, langs)
         allowed = attention_allowed(key_valid, start_pos, T, causal)  # (B, 1, T, S)
         keep = real.unsqueeze(-1).to(self.embeddings.weight.dtype)  # (B, T, 1): zeroes padded positions
 

@@ -90,6 +90,11 @@ torch::Tensor gemv(const torch::Tensor& x, const torch::Tensor& w, const c10::op
   return y.to(dtype);
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gemv", &gemv, "y = x @ w.T + b for a few rows of x (fp32 or bf16), streaming w once");
+torch::Tensor gemv_meta(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b) {
+  return torch::empty({x.size(0), w.size(0)}, x.options());  // shapes only: what torch.compile traces with
 }
+
+// torch.ops.xlm.gemv: an operator torch.compile can call from compiled code (xlm/fast.py).
+TORCH_LIBRARY(xlm, m) { m.def("gemv(Tensor x, Tensor w, Tensor? b) -> Tensor"); }
+TORCH_LIBRARY_IMPL(xlm, CPU, m) { m.impl("gemv", &gemv); }
+TORCH_LIBRARY_IMPL(xlm, Meta, m) { m.impl("gemv", &gemv_meta); }
