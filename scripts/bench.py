@@ -68,7 +68,7 @@ class Settings:
     forward_repeats: int = 5
     new_tokens: int = 64
     batches: tuple[int, ...] = (1, 8)
-    scoring_sentences: int = 64
+    scoring_sentences: int = 48
     tokenizer_lines: int = 10_000
     small: bool = False  # a scaled-down model: checks the script end to end, its figures mean nothing
 
