@@ -14,8 +14,8 @@ measured right before each of our decoding runs, and each decoding step is repor
 Figures (docs/performance.md says what bounds each):
 - greedy decoding, prompt 16, 64 new tokens, batch 1 and 8: ms per step = (time(64 tokens) - time(1)) / 63.
   transformers: `generate(use_cache=False)` (correct, recomputes everything) and `generate()` (cached, but
-  with wrong tokens: it feeds a dummy mask token, see docs/usage.md); xlm: plain and `--fast` (xlm/fast.py),
-  fp32 and bf16;
+  with wrong tokens: it feeds a dummy mask token, see docs/usage.md); xlm: plain, `--fast` (xlm/fast.py) and
+  `--fast --compile` (a compiled decode step), fp32 and bf16;
 - forward latency, all-position logits, causal (transformers with `config.causal = True`), 1x16, 8x128, 1x512;
   the max |logits difference| against transformers on 8x128;
 - load to first logits in a fresh process, and its peak RSS over a bare `import torch` process;

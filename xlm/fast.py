@@ -7,11 +7,11 @@ Nearly all of XLM's inference time is its matrix products (nn.Linear and the tie
 table in two regimes that matter here (measurements in docs/performance.md):
 
 - Decoding, 1-2 rows per product: every weight is read once per token, so a step can be no faster than
-  streaming the weights from memory. `F.linear` reaches ~40-60% of that speed; `xlm/csrc/gemv.cpp`, a plain
+  streaming the weights from memory. `F.linear` reaches ~30-60% of that speed; `xlm/csrc/gemv.cpp`, a plain
   C++ loop compiled on first use, reaches ~90-100% in fp32 and bf16.
 - fp32 with many rows (a forward, scoring, prefill): MKL's fp32 GEMM runs at a fraction of oneDNN's speed on
   AMD CPUs (MKL takes slower code paths on non-Intel CPUs); oneDNN's matmul on the *same* weight tensors,
-  `torch.ops.mkldnn._linear_pointwise` (what torch.compile's CPU backend calls), is 1.3-1.5x faster.
+  `torch.ops.mkldnn._linear_pointwise` (what torch.compile's CPU backend calls), is 1.3-1.8x faster.
 
 No weight is copied, transposed or repacked: `optimize` changes which function multiplies, nothing else, so it
 costs no memory. Results equal the plain model's within float rounding (another summation order: ~1e-6
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from xlm.model import XLM, attention_reference, attention_sdpa
 
-GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; from 4 rows on oneDNN is as fast (measured)
+GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; from 3-4 rows on, oneDNN is as fast (measured)
 KERNEL_SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 # oneDNN's fp32 matmul on plain weights: x86 CPU builds of torch (aarch64 builds use it with ACL).
@@ -172,6 +172,7 @@ def attend_fusable(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: 
 
 
 def is_optimized(model: XLM) -> bool:
+    """Whether `optimize` has routed this model's products through `linear`."""
     return getattr(model, "linear", None) is linear
 
 
