@@ -34,6 +34,7 @@ import functools
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -357,7 +358,8 @@ def machine(settings: Settings) -> dict:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line), cpu)
     config = torch.__config__.show()
-    versions = [line.strip(" -") for line in config.splitlines() if "Math Kernel Library" in line or "DNN v" in line]
+    mkl, onednn = re.search(r"Library Version (\S+?)-", config), re.search(r"DNN (v[\d.]+)", config)
+    versions = ([f"MKL {mkl.group(1)}"] if mkl else []) + ([f"oneDNN {onednn.group(1)}"] if onednn else [])
     return {
         "cpu": cpu,
         "cpus": os.cpu_count(),
@@ -433,6 +435,13 @@ def render(report: dict) -> str:
             f"| {r['contender']} | {r['batch']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:.1f} | {ratio} | "
             f"{r['speedup_vs_transformers_no_cache']:.2f}x |"
         )
+    compiled = [r for r in report["decode"] if "first_call_s" in r]
+    firsts = ", ".join(f"{r['contender'][4:]} batch {r['batch']} {r['first_call_s']:.0f} s" for r in compiled)
+    lines += [
+        "",
+        "First call of the compiled decoders (prefill + 2 steps, compilation included; torch's on-disk cache of "
+        f"earlier compilations shortens it): {firsts}.",
+    ]
     sw, wb = report["sweep"], report["weight_bytes"]
     lines += [
         "",
