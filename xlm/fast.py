@@ -92,7 +92,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return F.linear(x, weight, bias)
     rows = x.numel() // x.size(-1) if x.size(-1) else 0
     if 0 < rows <= GEMV_MAX_ROWS and _built["gemv"] and weight.is_contiguous():
-        return torch.ops.xlm.gemv(x.reshape(rows, x.size(-1)), weight, bias).view(*x.shape[:-1], weight.size(0))
+        y = torch.ops.xlm.gemv(x.reshape(rows, x.size(-1)).contiguous(), weight, bias)  # (rows, O)
+        return y.view(*x.shape[:-1], weight.size(0))
     if x.dtype == torch.float32 and ONEDNN:
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
