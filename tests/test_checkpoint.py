@@ -186,3 +186,18 @@ def test_a_damaged_pytorch_model_bin(tiny_checkpoint, damage):
     message = "failed finding central directory" if damage == "truncated" else "not a PyTorch checkpoint"
     with pytest.raises(CheckpointError, match=rf"cannot read .*pytorch_model\.bin: .*{message}"):
         load_pretrained(directory)
+
+
+def test_loading_initialises_nothing_and_restores_the_initialisers(tiny_checkpoint, monkeypatch):
+    """The meta-device build skips `normal_` (its meta kernel is Python that costs a fresh process ~1 s and
+    ~75 MB to import) and puts it back afterwards, also when loading fails."""
+    path = tiny_checkpoint()
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "normal_", lambda self, *a, **k: calls.append(self.device) or self)
+    normal = torch.nn.init.normal_
+    load_pretrained(path)
+    assert calls == [] and torch.nn.init.normal_ is normal
+    (path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError):
+        load_pretrained(path)
+    assert torch.nn.init.normal_ is normal

@@ -7,7 +7,8 @@
     logits = model(input_ids, tokenizer.lang2id["en"], causal=True)   # (1, T, 64139)
 
 Where things are: xlm/model.py (the network, read it first), xlm/config.py (presets), xlm/checkpoint.py
-(loading), xlm/tokenizer.py, xlm/generate.py, xlm/scoring.py, xlm/parity.py. The names below are imported on
+(loading), xlm/tokenizer.py, xlm/generate.py, xlm/scoring.py, xlm/parity.py; opt-in speed: xlm/fast.py (CPU
+kernels), xlm/distributed.py (scoring under torchrun). The names below are imported on
 first use, so `import xlm` stays cheap (the tokenizer's Moses and the hub client load only when needed).
 """
 

@@ -4,12 +4,14 @@
     xlm generate --model DIR --lang en --continue-lang fr "The cat is" --temperature 0.8 --top-p 0.9 --seed 1
     xlm score --model DIR --lang fr "Le chat est noir." --json
     xlm score --model DIR --lang en --file sentences.txt --framing transformers
+    torchrun --nproc-per-node 4 -m xlm score --model DIR --lang en --file sentences.txt --json   # 4 processes
     xlm fill-mask --model MLM_DIR "Paris is the <special1> of France."
     xlm fill-mask --model CLM_DIR "Paris is the <special1> of France." --candidates capital,heart,city
     xlm parity --synthetic xlm-clm-enfr-1024
 
 Every verb takes --model (a checkpoint directory; hub ids are passed on to the loader) or --synthetic PRESET (a
-seeded random checkpoint, for trying things offline), and --device, --dtype, --json where output is structured.
+seeded random checkpoint, for trying things offline), and --device, --dtype, --fast (xlm/fast.py), --json where
+output is structured.
 Bad input (unknown language, empty or too long prompt, missing checkpoint, ...) prints one line on stderr and
 exits with code 2. The text-level framing is `--framing original` (XLM's training: `</s> text </s>`, cased for a
 cased vocabulary; the default) or `transformers` (`<s> text </s>`, lowercased as the hub tokenizer_config says).
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from xlm import distributed
 from xlm.checkpoint import DTYPES, load_pretrained
 from xlm.errors import InputError, OneLineParser, XLMError
 from xlm.generate import generate, left_pad
@@ -55,8 +58,12 @@ def load(args: argparse.Namespace) -> tuple[XLM, Tokenizer]:
         path: str | Path = synthetic_checkpoint(args.synthetic)
     else:
         path = args.model
-    device = _device(args.device)
+    device = distributed.local_device(_device(args.device))  # under torchrun: one GPU per process
     model = load_pretrained(path, dtype=DTYPES[args.dtype], device=device, objective=args.objective)
+    if args.fast or getattr(args, "compile", False):
+        from xlm.fast import optimize  # builds the decoding kernel on first use (~30 s, then cached)
+
+        optimize(model, compile_decoding=getattr(args, "compile", False))
     tokenizer = Tokenizer.from_pretrained(args.tokenizer or path, preset=args.framing)
     return model, tokenizer
 
@@ -167,22 +174,28 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def _score_file(args: argparse.Namespace, model: XLM, tokenizer: Tokenizer, lang: int) -> int:
-    """Perplexity of a file, one sentence per line (blank lines skipped)."""
+    """Perplexity of a file, one sentence per line (blank lines skipped); under torchrun, over all processes."""
     try:
         lines = [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read {args.file}: {err}") from None
     if not lines:
         raise InputError(f"{args.file} has no sentences (one per line)")
-    sequences = tokenizer.encode_lines(lines, args.lang)
-    result = corpus_perplexity(
-        model, sequences, lang, max_batch_tokens=args.batch_tokens, allow_mlm=args.allow_mlm, progress=None
-    )
+    options = dict(max_batch_tokens=args.batch_tokens, allow_mlm=args.allow_mlm)
+    if distributed.world_size() > 1:
+        with distributed.process_group(model.embeddings.weight.device):
+            sequences = distributed.encode_lines(tokenizer, lines, args.lang)
+            result = distributed.corpus_perplexity(model, sequences, lang, **options)
+        if result is None:
+            return 0  # rank 0 writes the results
+    else:
+        result = corpus_perplexity(model, tokenizer.encode_lines(lines, args.lang), lang, progress=None, **options)
     if args.json:
         _print_json({
             "file": args.file, "lang": args.lang, "framing": args.framing, "sentences": result.sentences,
             "tokens": result.tokens, "nll": result.nll, "mean_nll": result.mean_nll,
             "perplexity": result.perplexity, "sentence_logprobs": result.sentence_logprobs,
+            "sentence_tokens": result.sentence_tokens,
         })  # fmt: skip
     else:
         print(
@@ -284,6 +297,10 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--objective", choices=["clm", "mlm"], help="training objective, if the config is silent")
     common.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps, ...")
     common.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    common.add_argument(
+        "--fast", action="store_true",
+        help="faster CPU kernels on the same weights (xlm.fast: ~2x decoding; results equal within 1e-5)",
+    )  # fmt: skip
     common.add_argument("--lang", default="en", help="language of the input text (default en)")
     common.add_argument(
         "--framing", choices=FRAMINGS, default="original",
@@ -307,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", metavar="K", type=int, help="sample from the k most likely tokens")
     gen.add_argument("--top-p", metavar="P", type=float, help="sample from the most likely tokens holding mass p")
     gen.add_argument("--seed", type=int, help="sampling seed (default: a random one, reported with --json)")
+    gen.add_argument(
+        "--compile", action="store_true",
+        help="--fast, and torch.compile the decode step (~15-40 s once, then ~10%% faster steps)",
+    )  # fmt: skip
 
     score = verbs.add_parser("score", parents=common, help="log-likelihood of sentences, perplexity of a file")
     score.add_argument("text", nargs="*", help="sentences to score")

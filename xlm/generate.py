@@ -148,11 +148,12 @@ def decode_one(
 
     token, lang, position (B,): the id, its language id, its position-embedding index (the row's count of real
     tokens before it; passed explicitly, so no step re-counts the prefix). real (B,) bool: False for rows that
-    have finished; their slot is recorded as padding, so it is never attended to.
+    have finished; their slot is recorded as padding, so it is never attended to. The ranges are not checked
+    again (`generate` checked the positions and languages up front; the ids are the model's own).
     """
     h = model.encode(
         token[:, None], None if lang is None else lang[:, None], causal=True, attention_mask=real[:, None],
-        positions=position[:, None], cache=cache, start_pos=slot,
+        positions=position[:, None], cache=cache, start_pos=slot, check_ranges=False,
     )  # fmt: skip
     return model.logits(h[:, 0])  # (B, V)
 
@@ -227,6 +228,7 @@ def generate(
     kept_logits = torch.empty(B, max_new_tokens, config.vocab_size, device=device) if output_logits else None
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     position = attention_mask.sum(dim=1)  # (B,): the next token's position in its row
+    decode = getattr(model, "decode_step", decode_one)  # a compiled one: xlm.fast.optimize(compile_decoding=True)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     steps = 0
     for step in range(max_new_tokens):
@@ -243,7 +245,7 @@ def generate(
         # A finished row (also one that has just emitted </s>) is fed <pad>, masked: its slot stays empty.
         real = ~finished
         token = token.masked_fill(finished, config.pad_id)
-        logits = decode_one(model, token, next_lang, cache, slot=T + step, position=position, real=real)
+        logits = decode(model, token, next_lang, cache, slot=T + step, position=position, real=real)
         position += real
 
     logits_out = None if kept_logits is None else kept_logits[:, :steps]

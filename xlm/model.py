@@ -89,9 +89,9 @@ class KVCache:
     def __init__(self, config: XLMConfig, batch_size: int, max_len: int, *, dtype: torch.dtype, device):
         if not 0 < max_len <= config.max_positions:
             raise InputError(f"cache length {max_len} is not in 1..{config.max_positions}")
-        shape = (config.n_layers, batch_size, config.n_heads, max_len, config.head_dim)  # (L, B, H, S_max, D)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch_size, config.n_heads, max_len, config.head_dim)  # (B, H, S_max, D) per layer
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # (B, S_max)
 
     @property
@@ -99,7 +99,7 @@ class KVCache:
         return self.valid.size(1)
 
     def layer(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.k[i], self.v[i]  # (B, H, S_max, D) views
+        return self.k[i], self.v[i]  # (B, H, S_max, D)
 
     def record(self, start_pos: int, real: Tensor) -> Tensor:
         """Mark slots start_pos.. as real or padding (real: (B, T)); return the flags of slots 0..end, (B, S)."""
@@ -236,9 +236,12 @@ class XLM(nn.Module):
         )  # fmt: skip
         return self.logits(h)
 
+    # The head's matrix product. xlm/fast.py (opt-in) swaps in a faster CPU kernel on the same weights.
+    linear = staticmethod(F.linear)
+
     def logits(self, h: Tensor) -> Tensor:
         """Hidden states (..., C) -> logits (..., V): the tied word embeddings plus the output bias."""
-        return F.linear(h, self.embeddings.weight, self.output_bias)
+        return self.linear(h, self.embeddings.weight, self.output_bias)
 
     def encode(
         self,
@@ -251,6 +254,7 @@ class XLM(nn.Module):
         cache: KVCache | None = None,
         start_pos: int = 0,
         all_layers: bool = False,
+        check_ranges: bool = True,
     ) -> Tensor:
         """Final hidden states (B, T, C); with `all_layers`, the embedding output and every block's, (L+1, B, T, C).
 
@@ -262,6 +266,9 @@ class XLM(nn.Module):
             row (cached ones included), so left and right padding both give a row the positions 0, 1, 2, ...
         cache, start_pos: write this call's keys/values to slots start_pos.. of `cache` and attend to the
             slots before them too (causal only: only then does a cache reproduce a full forward).
+        check_ranges: False skips checking ids, positions and langs against the tables (each check reads a value
+            back to Python: a host sync on a GPU, a graph break for torch.compile); for generate's decode steps,
+            whose inputs are the model's own predictions.
         """
         B, T = self._check_shape(input_ids, cache, start_pos, causal)
         real = input_ids.ne(self.config.pad_id) if attention_mask is None else attention_mask.bool()  # (B, T)
@@ -269,7 +276,8 @@ class XLM(nn.Module):
         if positions is None:
             positions = (key_valid.cumsum(dim=1) - 1).clamp(min=0)[:, start_pos:]  # (B, T)
         langs = self._language_ids(langs, B, T)
-        self._check_ranges(input_ids, positions, langs)
+        if check_ranges:
+            self._check_ranges(input_ids, positions, langs)
         allowed = attention_allowed(key_valid, start_pos, T, causal)  # (B, 1, T, S)
         keep = real.unsqueeze(-1).to(self.embeddings.weight.dtype)  # (B, T, 1): zeroes padded positions
 

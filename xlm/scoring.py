@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -90,9 +90,15 @@ def sentence_logprob(
 class Perplexity:
     """Totals over a corpus; `perplexity` is exp(nll / tokens)."""
 
-    nll: float  # Σ -log P(x_t | x_<t) over every scored token, in nats
+    nll: float  # Σ -log P(x_t | x_<t) over every scored token, in nats (summed exactly: math.fsum)
     tokens: int  # scored tokens: every token after each sentence's first
     sentence_logprobs: list[float]  # log P(sentence) of each sentence, in input order
+    sentence_tokens: list[int] = field(default_factory=list)  # scored tokens of each sentence, in input order
+
+    @classmethod
+    def of_sentences(cls, logprobs: list[float], tokens: list[int]) -> Perplexity:
+        """Totals of per-sentence scores; math.fsum makes them independent of the order they were computed in."""
+        return cls(-math.fsum(logprobs), sum(tokens), list(logprobs), list(tokens))
 
     @property
     def sentences(self) -> int:
@@ -120,27 +126,41 @@ def corpus_perplexity(
 
     Sentences are sorted by length and batched so that rows x longest row <= max_batch_tokens (one row at
     least), right-padded: little padding, bounded memory. progress: a tqdm bar on stderr (None: only on a
-    terminal).
+    terminal). xlm/distributed.py scores the same batches over several processes.
     """
+    check_corpus(model, sequences, allow_mlm)
+    logprobs, tokens = [0.0] * len(sequences), [0] * len(sequences)
+    disable = None if progress is None else not progress  # tqdm: None = only on a terminal
+    with tqdm(total=len(sequences), unit="sentence", disable=disable, leave=False) as bar:
+        for batch in length_batches(sequences, max_batch_tokens):
+            for i, logprob, count in score_batch(model, sequences, batch, lang, allow_mlm=allow_mlm):
+                logprobs[i], tokens[i] = logprob, count
+            bar.update(len(batch))
+    return Perplexity.of_sentences(logprobs, tokens)
+
+
+def check_corpus(model: XLM, sequences: Sequence[Sequence[int]], allow_mlm: bool = False) -> None:
+    """A causal LM, and no sentence longer than the model's positions."""
     require_causal_lm(model.config, allow_mlm)
     limit = model.config.max_positions
     for index, ids in enumerate(sequences):
         if len(ids) > limit:
             raise InputError(f"sentence {index + 1} has {len(ids)} tokens; XLM has {limit} positions")
-    logprobs = [0.0] * len(sequences)
-    nll, tokens = 0.0, 0
-    disable = None if progress is None else not progress  # tqdm: None = only on a terminal
-    with tqdm(total=len(sequences), unit="sentence", disable=disable, leave=False) as bar:
-        for batch in length_batches(sequences, max_batch_tokens):
-            input_ids, mask = right_pad([sequences[i] for i in batch], model.config.pad_id)
-            per_token = token_logprobs(model, input_ids, lang, attention_mask=mask, allow_mlm=allow_mlm)
-            per_sentence = per_token.double().sum(dim=1).tolist()
-            for i, value in zip(batch, per_sentence, strict=True):
-                logprobs[i] = value
-            nll -= sum(per_sentence)
-            tokens += int((mask[:, 1:] & mask[:, :-1]).sum())
-            bar.update(len(batch))
-    return Perplexity(nll, tokens, logprobs)
+
+
+def score_batch(
+    model: XLM, sequences: Sequence[Sequence[int]], batch: list[int], lang: int | None, *, allow_mlm: bool = False
+) -> list[tuple[int, float, int]]:
+    """Score sequences[i] for i in `batch` together (right-padded): (i, log P(sentence), scored tokens) each.
+
+    A sentence's score depends on its batch in the last bits (matmul shapes change the summation order, ~1e-6),
+    so whoever wants the same bits must form the same batches (`length_batches`).
+    """
+    input_ids, mask = right_pad([sequences[i] for i in batch], model.config.pad_id)
+    per_token = token_logprobs(model, input_ids, lang, attention_mask=mask, allow_mlm=allow_mlm)  # (B, T-1)
+    per_sentence = per_token.double().sum(dim=1).tolist()
+    counts = (mask[:, 1:] & mask[:, :-1]).sum(dim=1).tolist()
+    return list(zip(batch, per_sentence, counts, strict=True))
 
 
 def length_batches(sequences: Sequence[Sequence[int]], max_batch_tokens: int) -> list[list[int]]:
@@ -260,11 +280,13 @@ __all__ = [
     "LOGITS_CHUNK",
     "MaskFill",
     "Perplexity",
+    "check_corpus",
     "corpus_perplexity",
     "fill_mask",
     "length_batches",
     "rank_fillers",
     "right_pad",
+    "score_batch",
     "sentence_logprob",
     "target_logprobs",
     "token_logprobs",

@@ -1,0 +1,53 @@
+"""scripts/bench.py runs end to end and writes every figure; never a timing assertion (docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"command", "settings", "machine", "weight_bytes", "bf16", "decode", "sweep", "forward", "scoring", "load"}
+
+
+@pytest.mark.slow
+def test_bench_runs_and_writes_its_json(tmp_path):
+    """`--small`: a scaled-down model through every section (~35 s, mostly torch.compile); figures unchecked."""
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLM_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--small", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert KEYS | {"tokenizer", "verdicts"} <= report.keys()
+    contenders = {row["contender"] for row in report["decode"]}
+    assert {"transformers generate(use_cache=False)", "transformers generate() [wrong tokens]"} <= contenders
+    assert {f"xlm {d}{v}" for d in ("fp32", "bf16") for v in ("", " fast", " fast+compile")} <= contenders
+    assert {row["batch"] for row in report["decode"]} == {1, 8}
+    assert all("x_sweep" in row for row in report["decode"] if row["contender"].startswith("xlm"))
+    assert {row["shape"] for row in report["forward"]} == {"1x16", "8x128", "1x512"}
+    assert {row["contender"] for row in report["load"]} == set(bench.LOADERS)
+    assert all(isinstance(v["met"], bool) for v in report["verdicts"])
+    assert "**Acceptance** (issue 6)" in done.stdout and "| xlm fp32 fast+compile | 1 |" in done.stdout
+
+
+def test_write_docs_replaces_only_the_table(tmp_path, monkeypatch):
+    page = tmp_path / "performance.md"
+    page.write_text(f"# Title\n\nprose\n\n{bench.BEGIN}\nold table\n{bench.END}\n\nmore prose\n", encoding="utf-8")
+    monkeypatch.setattr(bench, "DOCS", page)
+    bench.write_docs("| new | table |")
+    assert page.read_text() == f"# Title\n\nprose\n\n{bench.BEGIN}\n| new | table |\n{bench.END}\n\nmore prose\n"
+
+
+def test_the_performance_page_holds_a_generated_table():
+    text = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    table = text.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    assert "by `python scripts/bench.py" in table and "**Acceptance** (issue 6)" in table
