@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The venv's tools on PATH without activating it: torch looks for ninja there to build xlm.fast's kernel.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: parity test lint bench setup clean
 

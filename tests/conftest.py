@@ -148,7 +148,7 @@ def fake_hub(tmp_path: Path, monkeypatch, no_network) -> FakeHubCache:
 # ---- outside data: the enfr BPE files, gettext catalogs, fastBPE ---------------------------------------
 
 
-def _env_flag(name: str) -> bool:
+def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
@@ -186,7 +186,7 @@ def enfr_vocab_dir() -> Path:
     ../shared/xlm-enfr-vocab. Third-party data (CC BY-NC): read in place, never copied into the repository."""
     directory = default_enfr_vocab_dir()
     if not ((directory / "codes_enfr").is_file() and (directory / "vocab_enfr").is_file()):
-        skip_or_fail(f"no codes_enfr/vocab_enfr in {directory} (set XLM_ENFR_VOCAB)", required=_env_flag("CI"))
+        skip_or_fail(f"no codes_enfr/vocab_enfr in {directory} (set XLM_ENFR_VOCAB)", required=env_flag("CI"))
     return directory
 
 
@@ -202,7 +202,7 @@ def transformers_module():
     try:
         import transformers
     except ImportError:
-        skip_or_fail("transformers is not installed (pip install 'xlm[test]')", required=_env_flag("CI"))
+        skip_or_fail("transformers is not installed (pip install 'xlm[test]')", required=env_flag("CI"))
     transformers.utils.logging.set_verbosity_error()
     return transformers
 
@@ -225,7 +225,7 @@ def gettext_text(report) -> dict[str, list[str]]:
     """Real English and French lines from the system's French gettext catalogs: {"en": [...], "fr": [...]}."""
     corpus = gettext_corpus() if LOCALE_DIR.is_dir() else {}
     if not corpus.get("en") or not corpus.get("fr"):
-        skip_or_fail(f"no gettext catalogs in {LOCALE_DIR}", required=_env_flag("CI"))
+        skip_or_fail(f"no gettext catalogs in {LOCALE_DIR}", required=env_flag("CI"))
     report(f"gettext corpus: {len(corpus['en']):,} English and {len(corpus['fr']):,} French lines ({LOCALE_DIR})")
     return corpus
 
@@ -237,5 +237,5 @@ def require_fastbpe() -> None:
         skip_or_fail(
             "fastBPE is not installed (pip install -U setuptools wheel cython && "
             "pip install --no-build-isolation fastBPE)",
-            required=_env_flag("XLM_REQUIRE_FASTBPE"),
+            required=env_flag("XLM_REQUIRE_FASTBPE"),
         )
