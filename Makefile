@@ -17,7 +17,7 @@ test: setup  ## lint, then the whole test suite
 	$(BIN)/python -m pytest
 
 bench: setup  ## speed and memory against transformers (minutes); writes docs/performance.md's table
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py --write-docs
 
 setup: $(VENV)/.installed
 

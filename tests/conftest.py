@@ -28,6 +28,7 @@ from scripts.bench_tokenizer import (
 )
 from xlm.bpe import fastbpe_installed
 from xlm.config import PRESETS, XLMConfig
+from xlm.model import XLM
 from xlm.parity import transformers_reference_ids
 from xlm.synthetic import save_synthetic_checkpoint
 
@@ -62,6 +63,18 @@ def tiny_checkpoint(tmp_path: Path):
 def full_size_checkpoint(tmp_path_factory) -> Path:
     """The exact published xlm-clm-enfr-1024 architecture with seeded random weights (567 MB, written once)."""
     return save_synthetic_checkpoint(PRESETS[FULL_SIZE], tmp_path_factory.mktemp("full") / FULL_SIZE, seed=0)
+
+
+def seeded_model(config: XLMConfig, seed: int = 0) -> XLM:
+    """An XLM in eval mode with seeded random weights, its LayerNorms and biases moved off their initial 1s and 0s
+    so that every parameter matters to the output."""
+    torch.manual_seed(seed)
+    model = XLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model
 
 
 def random_ids(vocab_size: int, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:

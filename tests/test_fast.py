@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import env_flag, random_ids, skip_or_fail
+from conftest import env_flag, random_ids, seeded_model, skip_or_fail
 
 from xlm import fast
 from xlm.checkpoint import load_pretrained
@@ -33,13 +33,7 @@ def gemv():
 
 @pytest.fixture
 def plain() -> XLM:
-    torch.manual_seed(0)
-    model = XLM(CONFIG).eval()
-    with torch.no_grad():  # non-trivial LayerNorms and biases, so that every parameter matters
-        for name, p in model.named_parameters():
-            if "layer_norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return seeded_model(CONFIG)
 
 
 @pytest.fixture

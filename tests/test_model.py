@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import random_ids
+from conftest import random_ids, seeded_model
 
 from xlm.config import PRESETS
 from xlm.errors import InputError
@@ -18,13 +18,7 @@ TOL = 1e-5  # fp32: different padding layouts change the matmul shapes, not the 
 
 @pytest.fixture
 def model() -> XLM:
-    torch.manual_seed(0)
-    model = XLM(CONFIG).eval()
-    with torch.no_grad():  # non-trivial LayerNorms and biases, so that every parameter matters
-        for name, p in model.named_parameters():
-            if "layer_norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return seeded_model(CONFIG)
 
 
 def pad(ids: torch.Tensor, n: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
