@@ -113,6 +113,28 @@ def test_score_sentences_equals_the_python_api(env, tiny):
         assert result["logprob"] == pytest.approx(expected.sum().item(), abs=1e-4)
 
 
+@pytest.mark.parametrize("flag", ["--fast", "--compile"])
+def test_fast_and_compiled_generation_give_the_plain_tokens(tiny, capsys, flag):
+    """--fast (xlm.fast's kernels) and --compile (also a compiled decode step) change speed, not tokens."""
+    args = ["generate", "--model", str(tiny["xlm-clm-enfr-1024"]), "Le chat", "Wikipedia was used to", "--json"]
+    args += ["--max-new-tokens", "12", "--lang", "en"]
+    results = {}
+    for variant in ([], [flag]):
+        assert main(args + variant) == 0
+        results[tuple(variant)] = [r["generated_ids"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert results[(flag,)] == results[()] and all(len(ids) == 12 for ids in results[()])
+
+
+def test_fast_scoring_gives_the_plain_scores(tiny, capsys):
+    args = ["score", "--model", str(tiny["xlm-clm-enfr-1024"]), "--lang", "fr", "Le chat est noir.", "Bonjour !"]
+    scores = {}
+    for variant in ([], ["--fast"]):
+        assert main(args + variant + ["--json"]) == 0
+        scores[tuple(variant)] = [r["token_logprobs"] for r in json.loads(capsys.readouterr().out)["results"]]
+    for fast, plain in zip(scores[("--fast",)], scores[()], strict=True):
+        assert fast == pytest.approx(plain, abs=1e-5)  # another summation order in the matrix products
+
+
 def test_score_file_perplexity_equals_the_mean_computed_by_hand(env, tiny, tmp_path, capsys):
     path = tiny["xlm-clm-enfr-1024"]
     lines = ["The cat is black.", "", "A dog.", "Wikipedia was used to train it, they say.", "Yes", "Hello world!"]
