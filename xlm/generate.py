@@ -24,6 +24,7 @@ configs say `causal: false`, so the model even sees the future. See docs/usage.m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -252,16 +253,24 @@ def generate(
     return Generation(tokens[:, :steps], lengths, logits_out)
 
 
-def left_pad(sequences: list[list[int]], pad_id: int = 2) -> tuple[Tensor, Tensor]:
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 2) -> tuple[Tensor, Tensor]:
     """Prompts of different lengths -> input_ids (B, T) padded on the left, attention_mask (B, T) bool."""
+    return pad_ids(sequences, pad_id, side="left")
+
+
+def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int, *, side: str) -> tuple[Tensor, Tensor]:
+    """Id lists -> input_ids (B, T) padded on `side` ("left" or "right") with pad_id, attention_mask (B, T) bool."""
+    if side not in ("left", "right"):
+        raise InputError(f"side must be 'left' or 'right', got {side!r}")
     if not sequences or any(len(ids) == 0 for ids in sequences):
-        raise InputError("every prompt needs at least one token")
+        raise InputError("every sequence needs at least one token")
     width = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros(len(sequences), width, dtype=torch.bool)
     for row, ids in enumerate(sequences):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = True
+        real = slice(width - len(ids), width) if side == "left" else slice(0, len(ids))
+        input_ids[row, real] = torch.tensor(list(ids), dtype=torch.long)
+        attention_mask[row, real] = True
     return input_ids, attention_mask
 
 
@@ -324,6 +333,7 @@ __all__ = [
     "decode_one",
     "generate",
     "left_pad",
+    "pad_ids",
     "prefill",
     "require_causal_lm",
     "sample_next",

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from xlm.config import XLMConfig
 from xlm.errors import InputError
-from xlm.generate import UNKNOWN_OBJECTIVE, require_causal_lm
+from xlm.generate import UNKNOWN_OBJECTIVE, pad_ids, require_causal_lm
 from xlm.model import XLM
 
 LOGITS_CHUNK = 256  # positions per LM-head call: 256 x 64,139 fp32 logits = 66 MB, whatever the batch
@@ -180,15 +180,7 @@ def length_batches(sequences: Sequence[Sequence[int]], max_batch_tokens: int) ->
 
 def right_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """Sequences -> input_ids (B, T) padded on the right, attention_mask (B, T) bool."""
-    if not sequences or any(len(ids) == 0 for ids in sequences):
-        raise InputError("every sequence needs at least one token")
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(len(sequences), width, dtype=torch.bool)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
-        attention_mask[row, : len(ids)] = True
-    return input_ids, attention_mask
+    return pad_ids(sequences, pad_id, side="right")
 
 
 # --- Fill-mask ----------------------------------------------------------------------------------------------
