@@ -83,6 +83,17 @@ def published(fake_hub, tiny_checkpoint):
     return checkpoint
 
 
+def assert_logits_equal(ours, theirs, width: int) -> None:
+    """Our logits equal transformers' within 1e-5 (fp32) on a 2 x width batch, one row per language, both modes."""
+    input_ids = random_ids(ours.config.vocab_size, (2, width))
+    langs = torch.tensor([[0], [1]]).expand(2, width)
+    for causal in (False, True):
+        theirs.transformer.causal = causal
+        with torch.no_grad():
+            expected = theirs(input_ids=input_ids, langs=langs).logits
+            torch.testing.assert_close(ours(input_ids, langs, causal=causal), expected, rtol=0, atol=1e-5)
+
+
 # --- Loading by hub id --------------------------------------------------------------------------------------
 
 
@@ -185,13 +196,7 @@ def test_published_bin_layout_loads_and_equals_transformers(fake_hub, tiny_check
         load_pretrained(REPO, local_files_only=True)
 
     theirs = load_transformers_model(resolve_checkpoint(REPO, local_files_only=True))
-    input_ids = random_ids(ours.config.vocab_size, (2, 11))
-    langs = torch.tensor([[0], [1]]).expand(2, 11)
-    for causal in (False, True):
-        theirs.transformer.causal = causal
-        with torch.no_grad():
-            expected = theirs(input_ids=input_ids, langs=langs).logits
-            torch.testing.assert_close(ours(input_ids, langs, causal=causal), expected, rtol=0, atol=1e-5)
+    assert_logits_equal(ours, theirs, width=11)
 
 
 def test_a_stored_head_that_differs_from_the_embeddings_is_reported(fake_hub, tiny_checkpoint, monkeypatch, tmp_path):
@@ -349,13 +354,7 @@ def test_full_size_published_bin_downloads_and_equals_transformers(fake_hub, ful
         warnings.simplefilter("ignore")  # the once-per-process notice about reading the .bin
         assert same_weights(load_pretrained(REPO, local_files_only=True), ours)
     theirs = load_transformers_model(resolve_checkpoint(REPO, local_files_only=True))  # transformers reads the .bin
-    input_ids = random_ids(ours.config.vocab_size, (2, 32))
-    langs = torch.tensor([[0], [1]]).expand(2, 32)
-    for causal in (False, True):
-        theirs.transformer.causal = causal
-        with torch.no_grad():
-            expected = theirs(input_ids=input_ids, langs=langs).logits
-            torch.testing.assert_close(ours(input_ids, langs, causal=causal), expected, rtol=0, atol=1e-5)
+    assert_logits_equal(ours, theirs, width=32)
 
 
 # --- Online: hf_hub_download's behaviour, served from a snapshot ---------------------------------------------
