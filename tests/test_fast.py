@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import warnings
 
 import pytest
@@ -14,7 +15,8 @@ from conftest import env_flag, random_ids, seeded_model, skip_or_fail
 from xlm import fast
 from xlm.checkpoint import load_pretrained
 from xlm.config import PRESETS
-from xlm.generate import generate, left_pad
+from xlm.errors import InputError
+from xlm.generate import decode_one, generate, left_pad, prefill
 from xlm.model import XLM
 
 CONFIG = dataclasses.replace(PRESETS["xlm-clm-enfr-1024"], vocab_size=211, dim=40, n_layers=2, n_heads=4)
@@ -57,6 +59,32 @@ def test_gemv_kernel_computes_x_wT_plus_b(gemv, rows, in_features, with_bias):
     assert y.dtype == torch.float32 and y.shape == (rows, 300)
     fp32_rounding = 2e-6 * in_features**0.5  # a sum of I terms of size ~1 in fp32, any order
     torch.testing.assert_close(y.double(), exact, rtol=0, atol=fp32_rounding)
+
+
+@pytest.mark.parametrize("offset", [1, 7], ids=["4 bytes off", "28 bytes off"])
+def test_gemv_kernel_reads_weights_at_any_alignment(gemv, offset):
+    """Memory-mapped tensors start wherever the file puts them: the products do not depend on it."""
+    generator = torch.Generator().manual_seed(offset)
+    w = torch.randn(300 * 1024 + offset, generator=generator)[offset:].view(300, 1024)
+    assert w.data_ptr() % 64 != 0
+    x = torch.randn(1, 1024, generator=generator)
+    exact = F.linear(x.double(), w.double())
+    torch.testing.assert_close(gemv.gemv(x, w, None).double(), exact, rtol=0, atol=2e-6 * 1024**0.5)
+
+
+def test_align_weights_moves_only_misaligned_parameters_and_keeps_their_values(plain):
+    model = copy.deepcopy(plain)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    aligned = model.embeddings.weight.data_ptr()
+    with torch.no_grad():
+        misaligned = torch.empty(model.output_bias.numel() + 3)[3:]
+        misaligned.copy_(model.output_bias)
+        model.output_bias.data = misaligned  # 12 bytes past the allocator's alignment
+    assert fast.align_weights(model) == 1
+    assert model.output_bias.data_ptr() % fast.WEIGHT_ALIGNMENT == 0
+    assert model.embeddings.weight.data_ptr() == aligned  # already aligned: not copied
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
 
 
 def test_gemv_kernel_in_bf16_accumulates_in_fp32_and_rounds_once(gemv):
@@ -145,6 +173,142 @@ def test_bf16_optimized_predicts_the_plain_bf16_tokens(plain):
             assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.95
 
 
+# --- The decoding step in one call -------------------------------------------------------------------------
+
+
+def no_fallback(*args, **kwargs):
+    raise AssertionError("fused_decode_one fell back to the PyTorch step")
+
+
+def fused_only(model: XLM) -> XLM:
+    """The model, decoding through the C++ step only: a fallback to `decode_one` fails the test."""
+    model.decode_step = functools.partial(fast.fused_decode_one, fallback=no_fallback)
+    return model
+
+
+@torch.no_grad()
+def step_both_ways(plain: XLM, fused: XLM, lang, real: torch.Tensor, steps: int = 6):
+    """Prefill a left-padded batch into two caches, then decode `steps` tokens with `decode_one` (plain) and
+    `fused_decode_one` (fused), feeding both the plain model's greedy tokens.
+
+    Returns the (plain, fused) logits of every step and the two caches afterwards.
+    """
+    prompts = [random_ids(CONFIG.vocab_size, (1, n), seed=n)[0].tolist() for n in (7, 3, 5)[: real.size(0)]]
+    input_ids, mask = left_pad(prompts)
+    B, T = input_ids.shape
+    models = (plain, fused)
+    caches = [model.new_cache(B, T + steps) for model in models]
+    logits = [prefill(model, input_ids, lang, mask, cache) for model, cache in zip(models, caches, strict=True)]
+    position, row_lang = mask.sum(dim=1), None if lang is None else torch.as_tensor(lang).expand(B)
+    pairs = []
+    for step in range(steps):
+        token = logits[0].argmax(dim=-1).masked_fill(~real, CONFIG.pad_id)
+        kwargs = dict(slot=T + step, position=position, real=real)
+        logits = [
+            decode_one(plain, token, row_lang, caches[0], **kwargs),
+            fast.fused_decode_one(fused, token, row_lang, caches[1], fallback=no_fallback, **kwargs),
+        ]
+        pairs.append(logits)
+        position = position + real
+    return pairs, caches
+
+
+@pytest.mark.parametrize("rows", [1, 3], ids=["1 row", "3 rows, one finished"])
+def test_fused_step_equals_decode_one_and_updates_the_cache_alike(gemv, plain, rows):
+    """Same logits (1e-5, fp32) and the same keys, values and slot flags written, a finished row included."""
+    real = torch.tensor([True, False, True][:rows])
+    pairs, (cache, fused_cache) = step_both_ways(plain, copy.deepcopy(plain), torch.tensor([1, 0, 1][:rows]), real)
+    for expected, got in pairs:
+        assert got.dtype == torch.float32 and got.shape == (rows, CONFIG.vocab_size)
+        torch.testing.assert_close(got[real], expected[real], rtol=0, atol=TOL)  # a finished row's are unused
+    assert torch.equal(fused_cache.valid, cache.valid) and not cache.valid[~real, -1].any()
+    for mine, theirs in zip(fused_cache.k + fused_cache.v, cache.k + cache.v, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=TOL)
+
+
+def test_fused_step_without_language_embeddings(gemv):
+    """xlm-mlm-17/100-1280 have no language table: the step takes lang=None."""
+    plain = seeded_model(dataclasses.replace(CONFIG, use_lang_emb=False))
+    assert plain.lang_embeddings is None
+    pairs, _ = step_both_ways(plain, copy.deepcopy(plain), None, torch.tensor([True, True]))
+    for expected, got in pairs:
+        torch.testing.assert_close(got, expected, rtol=0, atol=TOL)
+
+
+def test_fused_generation_gives_the_plain_tokens_and_never_falls_back(gemv, plain):
+    prompts = [random_ids(CONFIG.vocab_size, (1, n), seed=n)[0].tolist() for n in (9, 4, 6, 2)]
+    fused = fused_only(fast.optimize(copy.deepcopy(plain)))
+    for batch in (1, 4):
+        input_ids, attention_mask = left_pad(prompts[:batch])
+        a, b = (
+            generate(model, input_ids, 1, attention_mask=attention_mask, max_new_tokens=30, stop_at_eos=False,
+                     output_logits=True)
+            for model in (plain, fused)
+        )  # fmt: skip
+        assert torch.equal(a.tokens, b.tokens)
+        torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=TOL)
+
+
+def test_fused_bf16_step_stays_near_fp32(gemv, plain):
+    """bf16 weights and cache, fp32 activations: within a few bf16 ulps of the fp32 model's logits, the same
+    greedy tokens (seeded), and no farther from fp32 than the plain bf16 model is."""
+    bf16 = copy.deepcopy(plain).to(torch.bfloat16)
+    fused = fused_only(fast.optimize(copy.deepcopy(bf16)))
+    input_ids = random_ids(CONFIG.vocab_size, (1, 8))
+    runs = [
+        generate(model, input_ids, 0, max_new_tokens=16, stop_at_eos=False, output_logits=True)
+        for model in (plain, bf16, fused)
+    ]
+    reference, plain_bf16, fused_bf16 = (run.logits.float() for run in runs)
+    assert torch.equal(runs[2].tokens, runs[0].tokens)
+    fused_error, plain_error = (fused_bf16 - reference).abs().max(), (plain_bf16 - reference).abs().max()
+    assert fused_error < 0.05  # a bf16 ulp of a logit of ~5 is 0.03; the weights themselves are rounded
+    assert fused_error <= plain_error
+
+
+def test_fused_step_falls_back_for_big_batches_and_gradients(gemv, plain):
+    calls = []
+
+    def fallback(*args, **kwargs):
+        calls.append(args[1].size(0))
+        return decode_one(*args, **kwargs)
+
+    model = fast.optimize(copy.deepcopy(plain))
+    model.decode_step = functools.partial(fast.fused_decode_one, fallback=fallback)
+    rows = fast.FUSED_MAX_ROWS + 1
+    generate(model, random_ids(CONFIG.vocab_size, (rows, 4)), 0, max_new_tokens=3, stop_at_eos=False)
+    assert calls == [rows, rows]
+    cache = model.new_cache(1, 4)
+    fast.fused_decode_one(
+        model,
+        torch.tensor([20]),
+        torch.tensor([0]),
+        cache,
+        slot=0,
+        position=torch.tensor([0]),
+        real=torch.tensor([True]),
+        fallback=fallback,
+    )  # fmt: skip  (gradients enabled, parameters requiring them: autograd needs the PyTorch step)
+    assert calls[-1] == 1
+
+
+def test_fused_step_refuses_ids_outside_the_tables(gemv, plain):
+    """An id past a table would read memory outside it: the step checks every id it looks up."""
+    model = fast.optimize(copy.deepcopy(plain))
+    cache = model.new_cache(1, 4)
+    one = torch.tensor([0])
+    cases = [
+        ((torch.tensor([CONFIG.vocab_size]), one, one), "token out of range"),
+        ((one, torch.tensor([2]), one), "lang out of range"),
+        ((one, one, torch.tensor([CONFIG.max_positions])), "position out of range"),
+    ]
+    for (token, lang, position), message in cases:
+        with torch.no_grad(), pytest.raises(RuntimeError, match=message):
+            fast.fused_decode_one(model, token, lang, cache, slot=0, position=position, real=torch.tensor([True]))
+    with torch.no_grad(), pytest.raises(InputError, match="the cache holds 4 positions"):
+        fast.fused_decode_one(model, one, one, cache, slot=4, position=one, real=torch.tensor([True]))
+
+
 def test_optimize_leaves_non_cpu_models_alone():
     with torch.device("meta"):
         model = XLM(CONFIG)
@@ -171,11 +335,11 @@ def test_optimized_full_size_model_equals_plain(full_size_checkpoint):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own use of torch.jit
 def test_compiled_decoding_gives_the_plain_tokens(plain):
-    """`compile_decoding=True`: generate's decode step through torch.compile, batch 1 and 2, same tokens."""
+    """`compile_decoding=True`: batches over FUSED_MAX_ROWS decode through torch.compile, with the same tokens."""
     compiled = fast.optimize(copy.deepcopy(plain), compile_decoding=True)
-    assert callable(compiled.decode_step)
-    prompts = [random_ids(CONFIG.vocab_size, (1, n), seed=n)[0].tolist() for n in (9, 4)]
-    for rows in (prompts[:1], prompts):
+    assert compiled.decode_step.keywords["fallback"] is not decode_one  # the compiled one
+    prompts = [random_ids(CONFIG.vocab_size, (1, n), seed=n)[0].tolist() for n in (9, 4, 6, 2, 5, 7)]
+    for rows in (prompts[: fast.FUSED_MAX_ROWS + 1], prompts):
         input_ids, attention_mask = left_pad(rows)
         runs = [
             generate(

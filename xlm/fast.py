@@ -7,14 +7,18 @@ Nearly all of XLM's inference time is its matrix products (nn.Linear and the tie
 table in two regimes that matter here (measurements in docs/performance.md):
 
 - Decoding, 1-2 rows per product: every weight is read once per token, so a step can be no faster than
-  streaming the weights from memory. `F.linear` reaches ~30-60% of that speed; `xlm/csrc/gemv.cpp`, a plain
-  C++ loop compiled on first use, reaches ~90-100% in fp32 and bf16.
+  streaming the weights from memory. `F.linear` reaches ~30-60% of that speed; `xlm/csrc/gemv.h`, a plain
+  C++ loop compiled on first use, reaches ~90-100% in fp32 and bf16. What lies between the products (~150
+  small operations per step) then costs 10-20% more as PyTorch calls, so a whole decoding step of up to 4
+  rows is one C++ call too, `xlm/csrc/decode_step.cpp` (`fused_decode_one`), the plain model's step written
+  out over the same tensors.
 - fp32 with many rows (a forward, scoring, prefill): MKL's fp32 GEMM runs at a fraction of oneDNN's speed on
   AMD CPUs (MKL takes slower code paths on non-Intel CPUs); oneDNN's matmul on the *same* weight tensors,
   `torch.ops.mkldnn._linear_pointwise` (what torch.compile's CPU backend calls), is 1.3-1.8x faster.
 
-No weight is copied, transposed or repacked: `optimize` changes which function multiplies, nothing else, so it
-costs no memory. Results equal the plain model's within float rounding (another summation order: ~1e-6
+No weight is transposed or repacked: `optimize` changes which functions compute, and moves memory-mapped
+weights that are not 64-byte aligned into aligned memory (`align_weights`: once, ~0.2 s, no lasting memory
+cost). Results equal the plain model's within float rounding (another summation order: ~1e-6
 relative, tested at 1e-5 on logits and on generated tokens). Inference only (no autograd through the kernels;
 with gradients enabled the plain `F.linear` runs). On CUDA and other devices, or where neither kernel is
 available, `linear` is `F.linear`: cuBLAS is already good at this.
@@ -26,16 +30,20 @@ import functools
 import hashlib
 import platform
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xlm.model import XLM, attention_reference, attention_sdpa
+from xlm.errors import InputError
+from xlm.generate import decode_one
+from xlm.model import XLM, KVCache, attention_reference, attention_sdpa
 
 GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; from 3-4 rows on, oneDNN is as fast (measured)
-KERNEL_SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
+KERNEL_DIR = Path(__file__).parent / "csrc"  # gemv.h, gemv.cpp, decode_step.cpp
+KERNEL_SOURCES = [KERNEL_DIR / "gemv.cpp", KERNEL_DIR / "decode_step.cpp"]
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 # oneDNN's fp32 matmul on plain weights: x86 CPU builds of torch (aarch64 builds use it with ACL).
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -47,9 +55,12 @@ _built = {"gemv": False}  # set by gemv_kernel(); `linear` reads it (a plain fla
 
 @functools.cache
 def gemv_kernel():
-    """`torch.ops.xlm`, whose `gemv(x, w, b)` is the compiled `xlm/csrc/gemv.cpp`; None if it cannot be built.
+    """`torch.ops.xlm` with the compiled kernels of xlm/csrc; None if they cannot be built.
 
-    Built once with torch's C++ extension loader (needs a C++ compiler and ninja; ~30 s) and cached by torch in
+    `gemv(x, w, b)` (gemv.cpp): x @ w.T + b for 1-4 rows; `decode_step(...)` (decode_step.cpp): see
+    `fused_decode_one`.
+
+    Built once with torch's C++ extension loader (needs a C++ compiler and ninja; ~40 s) and cached by torch in
     $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). -march=native: the build is named after this
     CPU, so a cache shared by different machines never runs one machine's binary on another.
     """
@@ -58,10 +69,11 @@ def gemv_kernel():
     from torch.utils.cpp_extension import load
 
     cpu = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} {_cpu_model()}"
-    name = "xlm_gemv_" + hashlib.sha1(cpu.encode()).hexdigest()[:10]
+    code = b"".join(path.read_bytes() for path in sorted(KERNEL_DIR.iterdir()) if path.suffix in (".h", ".cpp"))
+    name = "xlm_kernels_" + hashlib.sha1(cpu.encode() + code).hexdigest()[:10]  # a header edit rebuilds too
     try:
         load(
-            name, [str(KERNEL_SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            name, [str(path) for path in KERNEL_SOURCES], extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False,
         )  # fmt: skip
         _built["gemv"] = True
@@ -129,18 +141,19 @@ class FastLinear(nn.Linear):
 
 
 def optimize(model: XLM, *, compile_decoding: bool = False) -> XLM:
-    """Route every matrix product of `model` (in place) through `linear`; returns the model.
+    """Route every matrix product of `model` (in place) through `linear`, and give `generate` the one-call
+    decoding step (`fused_decode_one`, batches of up to FUSED_MAX_ROWS rows); returns the model.
 
-    The blocks' nn.Linear modules become `FastLinear` (a class swap: their parameters stay what they are) and
-    the LM head's product (`XLM.linear`) becomes `linear`. Builds the decoding kernel if needed (~30 s the first
-    time on a machine, then cached). On a non-CPU model this does nothing and says so.
+    The blocks' nn.Linear modules become `FastLinear` (a class swap: their parameters stay what they are), the
+    LM head's product (`XLM.linear`) becomes `linear`, and `model.decode_step`, which `generate` calls, becomes
+    `fused_decode_one`. Builds the kernels if needed (~40 s the first time on a machine, then cached). On a
+    non-CPU model this does nothing and says so.
 
-    compile_decoding: also give `generate` a torch.compile'd decode step (`model.decode_step`), its attention
-    in the form the compiler fuses (`attend_fusable`). Between its 37 matrix products a step runs ~150 small
-    operations (LayerNorms, attention over the cache, GELU, residuals): ~3 ms of Python and dispatch in eager
-    mode, a few fused loops compiled. Dynamic shapes: the first step compiles (~10-40 s; torch caches the
-    result on disk), then one graph serves every step and cache length (batches of 1-2 rows and larger ones
-    get one graph each).
+    compile_decoding: batches too big for the fused step decode through a torch.compile'd `decode_one`, its
+    attention in the form the compiler fuses (`attend_fusable`): between its 37 matrix products a step runs
+    ~150 small operations (~3 ms of Python and dispatch eagerly, a few fused loops compiled). Dynamic shapes:
+    the first such step compiles (~10-40 s; torch caches the result on disk), then one graph serves every step
+    and cache length.
     """
     device = model.embeddings.weight.device
     if device.type != "cpu":
@@ -150,14 +163,116 @@ def optimize(model: XLM, *, compile_decoding: bool = False) -> XLM:
         if type(module) is nn.Linear:
             module.__class__ = FastLinear
     model.linear = linear
+    align_weights(model)
     gemv_kernel()
+    fallback = decode_one
     if compile_decoding:
-        from xlm.generate import decode_one
-
-        model.decode_step = torch.compile(decode_one, dynamic=True)
+        fallback = torch.compile(decode_one, dynamic=True)
         for block in model.blocks:
             block.attention.attend = attend_fusable
+    model.decode_step = functools.partial(fused_decode_one, fallback=fallback)
     return model
+
+
+WEIGHT_ALIGNMENT = 64  # bytes: a cache line, and what torch's CPU allocator gives
+
+
+@torch.no_grad()
+def align_weights(model: XLM) -> int:
+    """Move every parameter that does not start on a 64-byte boundary into fresh, aligned memory; returns how
+    many moved.
+
+    A memory-mapped safetensors file puts tensors wherever its header ends (the xlm-clm-enfr-1024 file written
+    by transformers: 28 bytes past a cache line), so every vector load of the decoding kernel straddles two
+    cache lines. Measured on the 37 products of a step, fp32: 1.02-1.10x the weights sweep in place, 0.98-1.01x
+    on aligned copies (docs/performance.md). The copy is one read of the weights (~0.2 s); the mapped pages
+    are released with the last tensor that uses them, so the resident size ends where it was. Weights loaded
+    in another dtype are converted copies already, aligned: nothing moves.
+    """
+    moved = 0
+    for param in model.parameters():
+        if param.device.type == "cpu" and param.data_ptr() % WEIGHT_ALIGNMENT:
+            param.data = param.data.clone(memory_format=torch.contiguous_format)
+            moved += 1
+    return moved
+
+
+# --- The decoding step in one call ---------------------------------------------------------------------------
+
+FUSED_MAX_ROWS = 4  # the fused step's products read the weights once per 4 rows; bigger batches: `fallback`
+
+
+def fused_decode_one(
+    model: XLM,
+    token: Tensor,
+    lang: Tensor | None,
+    cache: KVCache,
+    *,
+    slot: int,
+    position: Tensor,
+    real: Tensor,
+    fallback: Callable[..., Tensor] = decode_one,
+) -> Tensor:
+    """`decode_one` (xlm/generate.py) in one C++ call, `xlm/csrc/decode_step.cpp`: logits (B, V) in fp32.
+
+    The same arguments and the same cache updates. Between the matrix products, a step's small operations run
+    as plain loops instead of ~150 PyTorch calls, which leaves a batch-1 step within a few percent of the time
+    it takes to read the weights (docs/performance.md). Logits come out in fp32 whatever the weights' dtype (the
+    head sums in fp32; rounding to bf16 would only add ties for the argmax); with bf16 weights the activations
+    also stay in fp32 between products, so a bf16 step is closer to the fp32 model than the plain bf16 one.
+
+    Runs `fallback` instead where the step does not apply: batches over FUSED_MAX_ROWS rows, autograd or
+    training mode, weights that are not contiguous fp32/bf16 CPU tensors, or the kernel not built.
+    """
+    table = model.lang_embeddings
+    weights = _step_weights(model)  # the language table last, if any
+    if not _fusable(model, weights, token, cache) or (table is not None and lang is None):  # (decode_one says why)
+        return fallback(model, token, lang, cache, slot=slot, position=position, real=real)
+    if not 0 <= slot < cache.max_len:
+        raise InputError(f"the cache holds {cache.max_len} positions; this call needs {slot + 1}")
+    return torch.ops.xlm.decode_step(
+        token.long().contiguous(), position.long().contiguous(),
+        None if table is None else lang.long().expand_as(token).contiguous(), real.contiguous(), slot,
+        cache.valid, cache.k, cache.v, weights[: len(weights) - (table is not None)],
+        None if table is None else weights[-1], model.config.n_heads, model.config.layer_norm_eps,
+    )  # fmt: skip
+
+
+def _step_weights(model: XLM) -> list[Tensor]:
+    """The parameters one step reads, in decode_step.cpp's order (the checkpoint's, block by block, the output
+    bias, then the language table if there is one).
+
+    Which module holds each is looked up once (attribute access on ~100 modules costs ~0.3 ms, 2% of a step);
+    the parameters themselves are read from those modules at every call, so one replaced later (e.g. by
+    `load_state_dict(..., assign=True)`) is the one used.
+    """
+    slots = model.__dict__.get("_step_parameter_slots")
+    if slots is None:
+        parts = [model.embeddings, model.position_embeddings, model.layer_norm_emb]
+        for block in model.blocks:
+            attn, ffn = block.attention, block.ffn
+            parts += [attn.q_lin, attn.k_lin, attn.v_lin, attn.out_lin, block.layer_norm1, ffn.lin1, ffn.lin2]
+            parts.append(block.layer_norm2)
+        slots = [(module, "weight") for module in parts[:2]]
+        slots += [(module, name) for module in parts[2:] for name in ("weight", "bias")]
+        slots.append((model, "output_bias"))
+        if model.lang_embeddings is not None:
+            slots.append((model.lang_embeddings, "weight"))
+        model.__dict__["_step_parameter_slots"] = slots
+    return [module._parameters[name] for module, name in slots]
+
+
+def _fusable(model: XLM, weights: list[Tensor], token: Tensor, cache: KVCache) -> bool:
+    dtype = weights[0].dtype
+    return (
+        _built["gemv"]
+        and token.size(0) <= FUSED_MAX_ROWS
+        and not model.training
+        and dtype in _KERNEL_DTYPES
+        and cache.k[0].dtype == dtype
+        and all(t.is_cpu and t.dtype == dtype and t.is_contiguous() for t in weights)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in weights))
+    )
 
 
 def attend_fusable(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float = 0.0) -> Tensor:
@@ -178,10 +293,13 @@ def is_optimized(model: XLM) -> bool:
 
 
 __all__ = [
+    "FUSED_MAX_ROWS",
     "GEMV_MAX_ROWS",
     "ONEDNN",
     "FastLinear",
+    "align_weights",
     "attend_fusable",
+    "fused_decode_one",
     "gemv_kernel",
     "is_optimized",
     "linear",

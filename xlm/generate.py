@@ -229,7 +229,7 @@ def generate(
     kept_logits = torch.empty(B, max_new_tokens, config.vocab_size, device=device) if output_logits else None
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     position = attention_mask.sum(dim=1)  # (B,): the next token's position in its row
-    decode = getattr(model, "decode_step", decode_one)  # a compiled one: xlm.fast.optimize(compile_decoding=True)
+    decode = getattr(model, "decode_step", decode_one)  # xlm.fast.optimize installs a faster one
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     steps = 0
     for step in range(max_new_tokens):

@@ -1,74 +1,17 @@
-// y = x @ w.T + b for a few rows of x: the matrix-vector product of decoding, at memory speed.
+// torch.ops.xlm.gemv(x, w, b) = x @ w.T + b for a few rows of x: the decoding kernel of gemv.h as an operator,
+// which xlm/fast.py's `linear` calls for products of 1-2 rows, eagerly and from torch.compile'd code.
 //
-// Decoding one token per row multiplies 1..2 activation rows by every weight matrix: 4 bytes (fp32) or 2 (bf16)
-// read per multiply-add, so a step costs the time it takes to stream the weights from memory once. BLAS GEMM
-// kernels are built for many rows and leave bandwidth unused here (measured in docs/performance.md); this loop
-// streams each weight row once, front to back, and keeps the activation rows in L1.
-//
-//   x (M, I) fp32 or bf16, contiguous      w (O, I) same dtype, contiguous (nn.Linear's layout, no repacking)
-//   b (O,) same dtype, or None             -> y (M, O) in that dtype; products and sums in fp32, rounded once
-//
-// Plain C++: `omp simd` lets the compiler vectorize the dot products (built with -O3 -march=native by
-// xlm/fast.py); output rows are split across torch's intra-op threads (at::parallel_for).
+//   x (M, I) fp32 or bf16, contiguous      w (O, I) same dtype, contiguous      b (O,) same dtype, or None
+//   -> y (M, O) in that dtype; products and sums in fp32, rounded once
 
 #include <torch/extension.h>
 
-#include <ATen/Parallel.h>
-
-#include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
+#include "gemv.h"
+
 namespace {
-
-inline float to_float(float v) { return v; }
-inline float to_float(uint16_t bf16) {  // a bf16 is the upper half of an fp32
-  uint32_t bits = uint32_t(bf16) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-// Dot products of one weight row with MB (1, 2 or 4) rows of x: the weight row is read once for all of them.
-template <int MB, typename W>
-inline void dots(const W* row, const float* x, int64_t I, float* out) {
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-  for (int64_t i = 0; i < I; ++i) {
-    float wi = to_float(row[i]);
-    a0 += wi * x[i];
-    if (MB > 1) a1 += wi * x[I + i];
-    if (MB > 2) a2 += wi * x[2 * I + i];
-    if (MB > 3) a3 += wi * x[3 * I + i];
-  }
-  const float acc[4] = {a0, a1, a2, a3};
-  for (int m = 0; m < MB; ++m) out[m] = acc[m];
-}
-
-inline void store(float v, float* p) { *p = v; }
-inline void store(float v, uint16_t* p) { *p = c10::BFloat16(v).x; }  // round to nearest even, as torch does
-
-// y (M, O) = x (M, I, fp32) @ w.T + b: rows of w split across threads, each streamed once for all rows of x.
-template <typename W>
-void gemv_rows(const float* x, const W* w, const W* b, W* y, int64_t M, int64_t O, int64_t I) {
-  at::parallel_for(0, O, /*grain_size=*/256, [&](int64_t begin, int64_t end) {
-    float out[4];
-    for (int64_t o = begin; o < end; ++o) {
-      const W* row = w + o * I;
-      const float bias = b ? to_float(b[o]) : 0.f;
-      for (int64_t m = 0; m < M;) {
-        const int64_t left = M - m;
-        const int mb = left >= 4 ? 4 : (left >= 2 ? 2 : 1);
-        if (mb == 4) dots<4>(row, x + m * I, I, out);
-        else if (mb == 2) dots<2>(row, x + m * I, I, out);
-        else dots<1>(row, x + m * I, I, out);
-        for (int k = 0; k < mb; ++k) store(out[k] + bias, y + (m + k) * O + o);
-        m += mb;
-      }
-    }
-  });
-}
 
 // x in fp32 for the inner loops: x itself, or a converted copy (a few KB, converted once, not per weight row).
 template <typename W>
@@ -79,11 +22,13 @@ void gemv_typed(const torch::Tensor& x, const torch::Tensor& w, const c10::optio
   const float* x32 = reinterpret_cast<const float*>(in);
   if (!std::is_same<W, float>::value) {
     converted.resize(M * I);
-    for (int64_t i = 0; i < M * I; ++i) converted[i] = to_float(in[i]);
+    for (int64_t i = 0; i < M * I; ++i) converted[i] = xlm::to_float(in[i]);
     x32 = converted.data();
   }
   const W* bias = b.has_value() ? reinterpret_cast<const W*>(b->data_ptr()) : nullptr;
-  gemv_rows(x32, reinterpret_cast<const W*>(w.data_ptr()), bias, reinterpret_cast<W*>(y.data_ptr()), M, O, I);
+  W* out = reinterpret_cast<W*>(y.data_ptr());
+  xlm::gemv(x32, M, I, reinterpret_cast<const W*>(w.data_ptr()), bias, O,
+            [&](int64_t m, int64_t o, float v) { xlm::store(v, out + m * O + o); });
 }
 
 }  // namespace
@@ -110,6 +55,6 @@ torch::Tensor gemv_meta(const torch::Tensor& x, const torch::Tensor& w, const c1
 }
 
 // torch.ops.xlm.gemv: an operator torch.compile can call from compiled code (xlm/fast.py).
-TORCH_LIBRARY(xlm, m) { m.def("gemv(Tensor x, Tensor w, Tensor? b) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(xlm, m) { m.def("gemv(Tensor x, Tensor w, Tensor? b) -> Tensor"); }
 TORCH_LIBRARY_IMPL(xlm, CPU, m) { m.impl("gemv", &gemv); }
 TORCH_LIBRARY_IMPL(xlm, Meta, m) { m.impl("gemv", &gemv_meta); }
