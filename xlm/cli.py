@@ -61,7 +61,7 @@ def load(args: argparse.Namespace) -> tuple[XLM, Tokenizer]:
     device = distributed.local_device(_device(args.device))  # under torchrun: one GPU per process
     model = load_pretrained(path, dtype=DTYPES[args.dtype], device=device, objective=args.objective)
     if args.fast or getattr(args, "compile", False):
-        from xlm.fast import optimize  # builds the decoding kernel on first use (~30 s, then cached)
+        from xlm.fast import optimize  # builds the CPU kernels on first use (~40 s, then cached)
 
         optimize(model, compile_decoding=getattr(args, "compile", False))
     tokenizer = Tokenizer.from_pretrained(args.tokenizer or path, preset=args.framing)

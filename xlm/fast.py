@@ -183,7 +183,7 @@ def align_weights(model: XLM) -> int:
     many moved.
 
     A memory-mapped safetensors file puts tensors wherever its header ends (the xlm-clm-enfr-1024 file written
-    by transformers: 28 bytes past a cache line), so every vector load of the decoding kernel straddles two
+    by transformers: 28 bytes past a cache line), so half of the decoding kernel's 32-byte loads straddle two
     cache lines. Measured on the 37 products of a step, fp32: 1.02-1.10x the weights sweep in place, 0.98-1.01x
     on aligned copies (docs/performance.md). The copy is one read of the weights (~0.2 s); the mapped pages
     are released with the last tensor that uses them, so the resident size ends where it was. Weights loaded
