@@ -87,10 +87,14 @@ def test_align_weights_moves_only_misaligned_parameters_and_keeps_their_values(p
         assert torch.equal(p, before[name]), name
 
 
-def test_gemv_kernel_in_bf16_accumulates_in_fp32_and_rounds_once(gemv):
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 1024, generator=generator).bfloat16()
-    w = torch.randn(64, 1024, generator=generator).bfloat16()
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+@pytest.mark.parametrize("in_features", [16, 40, 1027])  # bf16 pairs: 1027 ends in a half pair
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "2 bytes off"])
+def test_gemv_kernel_in_bf16_accumulates_in_fp32_and_rounds_once(gemv, rows, in_features, offset):
+    """bf16 weights are read as 32-bit words of two values each: any width, any alignment, every row of x."""
+    generator = torch.Generator().manual_seed(rows * in_features + offset)
+    x = torch.randn(rows, in_features, generator=generator).bfloat16()
+    w = torch.randn(64 * in_features + offset, generator=generator).bfloat16()[offset:].view(64, in_features)
     b = torch.randn(64, generator=generator).bfloat16()
     y = gemv.gemv(x, w, b)
     exact = F.linear(x.double(), w.double(), b.double())  # the bf16 inputs are exact in float64
@@ -250,8 +254,9 @@ def test_fused_generation_gives_the_plain_tokens_and_never_falls_back(gemv, plai
 
 
 def test_fused_bf16_step_stays_near_fp32(gemv, plain):
-    """bf16 weights and cache, fp32 activations: within a few bf16 ulps of the fp32 model's logits, the same
-    greedy tokens (seeded), and no farther from fp32 than the plain bf16 model is."""
+    """bf16 weights and cache, fp32 activations (rounded to bf16 only as the products' inputs): within a few bf16
+    ulps of the fp32 model's logits, the same greedy tokens (seeded), and no farther from fp32 than the plain bf16
+    model is (which rounds every activation)."""
     bf16 = copy.deepcopy(plain).to(torch.bfloat16)
     fused = fused_only(fast.optimize(copy.deepcopy(bf16)))
     input_ids = random_ids(CONFIG.vocab_size, (1, 8))

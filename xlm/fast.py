@@ -8,10 +8,10 @@ table in two regimes that matter here (measurements in docs/performance.md):
 
 - Decoding, 1-2 rows per product: every weight is read once per token, so a step can be no faster than
   streaming the weights from memory. `F.linear` reaches ~30-60% of that speed; `xlm/csrc/gemv.h`, a plain
-  C++ loop compiled on first use, reaches ~90-100% in fp32 and bf16. What lies between the products (~150
-  small operations per step) then costs 10-20% more as PyTorch calls, so a whole decoding step of up to 4
-  rows is one C++ call too, `xlm/csrc/decode_step.cpp` (`fused_decode_one`), the plain model's step written
-  out over the same tensors.
+  C++ loop compiled on first use, comes within a few percent of it in fp32 and bf16. What lies between the
+  products (~150 small operations per step) then costs 10-20% more as PyTorch calls, so a whole decoding
+  step of up to 4 rows is one C++ call too, `xlm/csrc/decode_step.cpp` (`fused_decode_one`), the plain
+  model's step written out over the same tensors.
 - fp32 with many rows (a forward, scoring, prefill): MKL's fp32 GEMM runs at a fraction of oneDNN's speed on
   AMD CPUs (MKL takes slower code paths on non-Intel CPUs); oneDNN's matmul on the *same* weight tensors,
   `torch.ops.mkldnn._linear_pointwise` (what torch.compile's CPU backend calls), is 1.3-1.8x faster.
@@ -44,6 +44,9 @@ from xlm.model import XLM, KVCache, attention_reference, attention_sdpa
 GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; from 3-4 rows on, oneDNN is as fast (measured)
 KERNEL_DIR = Path(__file__).parent / "csrc"  # gemv.h, gemv.cpp, decode_step.cpp
 KERNEL_SOURCES = [KERNEL_DIR / "gemv.cpp", KERNEL_DIR / "decode_step.cpp"]
+# -ffp-contract=fast: gemv.h's vector `acc += w * x` compiles to one fused multiply-add (GCC 12 does so by
+# default; the flag keeps it so under other compilers' defaults).
+KERNEL_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 # oneDNN's fp32 matmul on plain weights: x86 CPU builds of torch (aarch64 builds use it with ACL).
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -70,11 +73,12 @@ def gemv_kernel():
 
     cpu = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} {_cpu_model()}"
     code = b"".join(path.read_bytes() for path in sorted(KERNEL_DIR.iterdir()) if path.suffix in (".h", ".cpp"))
-    name = "xlm_kernels_" + hashlib.sha1(cpu.encode() + code).hexdigest()[:10]  # a header edit rebuilds too
+    recipe = " ".join([cpu, *KERNEL_FLAGS]).encode() + code  # a header or flag edit rebuilds too
+    name = "xlm_kernels_" + hashlib.sha1(recipe).hexdigest()[:10]
     try:
         load(
-            name, [str(path) for path in KERNEL_SOURCES], extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False,
+            name, [str(path) for path in KERNEL_SOURCES], extra_cflags=KERNEL_FLAGS, extra_ldflags=["-fopenmp"],
+            is_python_module=False, verbose=False,
         )  # fmt: skip
         _built["gemv"] = True
         return torch.ops.xlm

@@ -13,7 +13,8 @@
 //     the KVCache, updated in place (slot `slot` of every layer, and valid[:, slot] = real)
 //   weights: embeddings (V, C), position_embeddings, layer_norm_emb weight and bias, then per block the 16
 //     tensors of BlockTensor below, then output_bias (V,); lang_table (n_langs, C) or None
-//   -> logits (B, V) in fp32. Weights and cache in fp32 or bf16 (all alike); activations in fp32 throughout.
+//   -> logits (B, V) in fp32. Weights and cache in fp32 or bf16 (all alike); activations in fp32 throughout,
+//   except that with bf16 weights each product takes its input rounded to bf16, as torch's bf16 matmul does.
 
 #include <torch/extension.h>
 

@@ -6,28 +6,17 @@
 
 #include <torch/extension.h>
 
-#include <type_traits>
-#include <vector>
-
 #include "gemv.h"
 
 namespace {
 
-// x in fp32 for the inner loops: x itself, or a converted copy (a few KB, converted once, not per weight row).
 template <typename W>
-void gemv_typed(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b, torch::Tensor& y) {
+void gemv_typed(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
+                torch::Tensor& y) {
   const int64_t M = x.size(0), I = x.size(1), O = w.size(0);
-  const W* in = reinterpret_cast<const W*>(x.data_ptr());
-  std::vector<float> converted;
-  const float* x32 = reinterpret_cast<const float*>(in);
-  if (!std::is_same<W, float>::value) {
-    converted.resize(M * I);
-    for (int64_t i = 0; i < M * I; ++i) converted[i] = xlm::to_float(in[i]);
-    x32 = converted.data();
-  }
   const W* bias = b.has_value() ? reinterpret_cast<const W*>(b->data_ptr()) : nullptr;
   W* out = reinterpret_cast<W*>(y.data_ptr());
-  xlm::gemv(x32, M, I, reinterpret_cast<const W*>(w.data_ptr()), bias, O,
+  xlm::gemv(reinterpret_cast<const W*>(x.data_ptr()), M, I, reinterpret_cast<const W*>(w.data_ptr()), bias, O,
             [&](int64_t m, int64_t o, float v) { xlm::store(v, out + m * O + o); });
 }
 
