@@ -299,7 +299,7 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     common.add_argument(
         "--fast", action="store_true",
-        help="faster CPU kernels on the same weights (xlm.fast: ~3x faster decoding; results equal within 1e-5)",
+        help="faster CPU kernels on the same weights (xlm.fast: 2-2.5x faster decoding; results equal within 1e-5)",
     )  # fmt: skip
     common.add_argument("--lang", default="en", help="language of the input text (default en)")
     common.add_argument(

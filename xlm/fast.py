@@ -41,7 +41,7 @@ from xlm.errors import InputError
 from xlm.generate import decode_one
 from xlm.model import XLM, KVCache, attention_reference, attention_sdpa
 
-GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; from 3-4 rows on, oneDNN is as fast (measured)
+GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; at 3-4 rows oneDNN is within 10% (measured)
 KERNEL_DIR = Path(__file__).parent / "csrc"  # gemv.h, gemv.cpp, decode_step.cpp
 KERNEL_SOURCES = [KERNEL_DIR / "gemv.cpp", KERNEL_DIR / "decode_step.cpp"]
 # -ffp-contract=fast: gemv.h's vector `acc += w * x` compiles to one fused multiply-add (GCC 12 does so by
@@ -223,7 +223,8 @@ def fused_decode_one(
     as plain loops instead of ~150 PyTorch calls, which leaves a batch-1 step within a few percent of the time
     it takes to read the weights (docs/performance.md). Logits come out in fp32 whatever the weights' dtype (the
     head sums in fp32; rounding to bf16 would only add ties for the argmax); with bf16 weights the activations
-    also stay in fp32 between products, so a bf16 step is closer to the fp32 model than the plain bf16 one.
+    stay in fp32 between products (each product rounds its input to bf16, as torch's bf16 matmul does), so a
+    bf16 step is closer to the fp32 model than the plain bf16 one.
 
     Runs `fallback` instead where the step does not apply: batches over FUSED_MAX_ROWS rows, autograd or
     training mode, weights that are not contiguous fp32/bf16 CPU tensors, or the kernel not built.
