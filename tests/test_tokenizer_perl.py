@@ -11,6 +11,7 @@ Without perl or the scripts these tests skip, and fail where `CI` is 1/true.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -274,6 +275,36 @@ def words_of(pieces: list[str]) -> list[str]:
 @pytest.mark.parametrize(("group", "lang", "text"), HAND_MADE_CASES)
 def test_hand_made_sentences_equal_perl(original, perl_hand_made, group, lang, text):
     assert words_of(original.tokenize(text, lang)) == perl_hand_made[lang, text].split(), group
+
+
+# Building blocks of random lines: what the four scripts treat specially, and ordinary words between them.
+RANDOM_PARTS = [
+    *" \t\x0b\x0c\r\x07\x1f\x7f\x85\u00a0\u00ad\u200b\u2028\u3000\ufeff",  # spaces and C* characters
+    *"，。．、”“∶：？《》）！（；」「０１２３４５６７８９～’…━〈〉【】％",  # replace-unicode-punctuation
+    *"„–—´‘‚«»º`'\".,;:!?%()[]{}<>/\\@#$&*+=-_|~^",  # normalize-punctuation, tokenizer
+    *"éÉàçœßñøåΣσπЖжΩ",  # letters of other scripts
+    *("etc.", "D.C.", "p.m.", "Mr.", "No.", "Rs.", "St.", "l'", "it's", "...", "--", "5,300", "3.14", "''", "``"),
+    *("</s>", "<special1>", "The", "chat", "Montréal", "x", "42"),
+]
+
+
+@pytest.fixture(scope="module")
+def random_lines() -> dict[str, list[str]]:
+    """1,500 random lines per language from RANDOM_PARTS, the same on every run (seeded)."""
+    generator = random.Random(0)
+    return {
+        lang: ["".join(generator.choices(RANDOM_PARTS, k=generator.randint(1, 30))) for _ in range(1500)]
+        for lang in LANGS
+    }
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_random_lines_equal_perl(original, moses_2018, random_lines, tmp_path, lang):
+    lines = random_lines[lang]
+    perl_lines = run_perl(moses_2018, lines, lang, tmp_path)
+    ours = [words_of(original.tokenize(line, lang)) for line in lines]
+    count, shown = differences(lines, ours, [line.split() for line in perl_lines])
+    assert count == 0, f"{count:,} of {len(lines):,} random {lang} lines differ from the Perl pipeline:\n{shown}"
 
 
 def test_hand_made_sentences_show_what_changed(original, perl_hand_made):

@@ -41,6 +41,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from xlm.bpe import piece_from_fastbpe
 from xlm.checkpoint import checkpoint_name, convert_state_dict, load_state_dict_into, map_key, torch_load_weights_only
 from xlm.config import XLMConfig, from_hf_config
 from xlm.errors import CheckpointError, ConfigError, OneLineParser, XLMError
@@ -158,7 +159,7 @@ def vocab_from_dictionary(id2word: Mapping[int, str], word2id: Mapping[str, int]
     vocab: dict[str, int] = {}
     for i in range(n_words):
         word = id2word[i]
-        piece = word + "</w>" if "@@" not in word and i > 13 else word.replace("@@", "")
+        piece = piece_from_fastbpe(word) if i >= len(SPECIAL_TOKENS) else word
         if piece in vocab:
             raise CheckpointError(f"dictionary words {id2word[vocab[piece]]!r} and {word!r} are both piece {piece!r}")
         vocab[piece] = i
