@@ -119,11 +119,11 @@ class PunctuationNormalizer2018:
     r"""Step 2 of the original pipeline: Moses' normalize-punctuation.perl of 2018, rule for rule.
 
     The script reads bytes (no `use utf8`), so `\d` is an ASCII digit and `[a-z]` with /i an ASCII letter;
-    the rules below say so explicitly. It sees each line with its newline, which one rule depends on: for
-    languages other than en/cs, `."` before the end of a line becomes `".`, as before any other character
-    but `<`. Differences from sacremoses' port (what transformers runs): `‘` and `‚` not between letters
-    become `"` (`'` since 2019), and `«`/`»` between no-break spaces keep a space, as in sacremoses'
-    `perl_parity` mode; every language but en/cs/cz gets the French/German quote-comma rules.
+    the rules below say so explicitly. It reads each line with its newline, and one rule sees it: for languages
+    other than en/cs/cz, `."` followed by any character but `<` becomes `".`, so also at the end of a line.
+    Differences from sacremoses' port (what transformers runs): `‘` and `‚` not between letters become `"`
+    (`'` since 2019); `«` and `»` between two no-break spaces keep a space (sacremoses' `perl_parity` mode);
+    the quote-comma rules of French and German apply to every language but en/cs/cz (sacremoses: de/es/fr).
     """
 
     NBSP = "\u00a0"
