@@ -148,7 +148,8 @@ def _plain(value: Any) -> Any:
 def vocab_from_dictionary(id2word: Mapping[int, str], word2id: Mapping[str, int]) -> dict[str, int]:
     """transformers' `vocab.json` from XLM's dictionary: a word-final piece gains `</w>`, `un@@` becomes `un`.
 
-    The rule is transformers' converter's (the specials, ids 0..13, are kept as they are). The dictionary is
+    The rule is xlm.bpe.piece_from_fastbpe, fastBPE's (only a final `@@` continues a word: transformers'
+    converter turns `a@@b` into `ab`); the specials, ids 0..13, are kept as they are. The dictionary is
     checked as XLM's `Dictionary.check_valid` does, and no two words may become the same piece.
     """
     n_words = len(id2word)
