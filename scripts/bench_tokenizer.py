@@ -3,11 +3,14 @@
 
     python scripts/bench_tokenizer.py                      # 10,000 lines, 1 and 2 worker processes
     python scripts/bench_tokenizer.py --lines 2000 --workers 1 2 4
+    python scripts/bench_tokenizer.py --original --workers 1   # also the original preset (XLM's training data)
 
 Sentences come from Debian's French gettext catalogs (`/usr/share/locale/fr/LC_MESSAGES/*.mo`): the msgids
 are English, the msgstrs French, each encoded with its own language's Moses rules. Both tokenizers do the
 same work per sentence: transformers' `_tokenize(text, lang=...)` + special tokens
-(`transformers_reference_ids`), ours `encode(text, lang)`; the ids are checked equal. Every measurement
+(`transformers_reference_ids`), ours `encode(text, lang)`; the ids are checked equal. With `--original`, a row
+also times the original preset (Moses as the 2018 Perl scripts, no lowercasing), whose ids differ from
+transformers' by design: they are checked equal across its runs. Every measurement
 starts from a fresh tokenizer, so the BPE word caches start cold. The vocabulary is the real English-French
 one, converted from the original fastBPE files (env XLM_ENFR_VOCAB, default ../shared/xlm-enfr-vocab).
 
@@ -123,6 +126,7 @@ def bench_tokenizer(
     workers: tuple[int, ...] = (1, 2),
     backends: tuple[str, ...] = ("python",),
     repeats: int = 3,
+    original: bool = False,
 ) -> dict:
     """Sentences per second of ours and of transformers' on the same n_lines, for each worker count.
 
@@ -131,6 +135,7 @@ def bench_tokenizer(
     workers, which other jobs on the machine barely change). Every run loads a fresh tokenizer (load_s, not
     counted in the speeds), so every BPE cache starts cold; encode_s includes starting the worker processes.
     Each figure is the best of `repeats` runs, which take turns. Raises AssertionError if any ids differ.
+    original: also a row for the original preset (python BPE), checked against its own first run.
     """
     from transformers import XLMTokenizer
 
@@ -151,10 +156,15 @@ def bench_tokenizer(
                 lambda b=backend: Tokenizer.from_pretrained(tokenizer_dir, bpe_backend=b),
                 lambda ours, n: ours.encode_lines(texts, langs, workers=n),
             )
+        if original:
+            contenders["xlm original preset"] = (
+                lambda: Tokenizer.from_pretrained(tokenizer_dir, preset="original"),
+                lambda ours, n: ours.encode_lines(texts, langs, workers=n),
+            )
         # Round robin: each repeat times every row once, so that a busy spell on the machine hits all rows.
         rows = [(name, n_workers) for n_workers in workers for name in contenders]
         runs: dict[tuple[str, int], list[dict[str, float]]] = {row: [] for row in rows}
-        reference = None
+        references: dict[str, list[list[int]]] = {}  # transformers' ids (its first run), the original preset's
         for _ in range(repeats):
             for name, n_workers in rows:
                 load, encode = contenders[name]
@@ -164,9 +174,9 @@ def bench_tokenizer(
                 ids = encode(tokenizer, n_workers)
                 encode_s, cpu_s = time.perf_counter() - loaded, _cpu_seconds() - cpu_loaded
                 runs[name, n_workers].append({"load_s": loaded - start, "encode_s": encode_s, "cpu_s": cpu_s})
-                if reference is None:
-                    reference = ids  # transformers' ids: the first run
-                assert ids == reference, f"{name} with {n_workers} workers gives other ids than transformers"
+                family = "original" if "original" in name else "transformers"
+                reference = references.setdefault(family, ids)
+                assert ids == reference, f"{name} with {n_workers} workers gives other ids than its first run"
         for name, n_workers in rows:
             best = {key: min(run[key] for run in runs[name, n_workers]) for key in ("load_s", "encode_s", "cpu_s")}
             speeds = {
@@ -184,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--fastbpe", action="store_true", help="also time the fastBPE backend")
     parser.add_argument("--repeats", type=int, default=3, help="runs per row; the best figures are shown")
+    parser.add_argument("--original", action="store_true", help="also time the original preset")
     args = parser.parse_args(argv)
     backends = ("python", "fastbpe") if args.fastbpe else ("python",)
-    report = bench_tokenizer(args.vocab_dir, args.lines, tuple(args.workers), backends, args.repeats)
+    report = bench_tokenizer(args.vocab_dir, args.lines, tuple(args.workers), backends, args.repeats, args.original)
     lines, cpus = report["lines"], os.cpu_count()
     print(f"{lines:,} sentences (en + fr gettext catalogs), {cpus} CPUs, best of {args.repeats} runs\n")
     print(f"| {'tokenizer':<22} | workers | load s | encode s | sentences/s | CPU s | sentences/CPU s |")

@@ -189,7 +189,8 @@ def test_fill_mask_of_a_causal_lm_ranks_candidates_by_sentence_likelihood(env, t
     out = ok_json(
         xlm(env, "fill-mask", "--model", str(path), "--lang", "fr", text, "--candidates", ",".join(names), "--json")
     )
-    tokenizer, model = Tokenizer.from_pretrained(path, preset="original"), load_pretrained(path)
+    tokenizer = Tokenizer.from_pretrained(path, preset="original", parse_special_tokens=True)  # as fill-mask does
+    model = load_pretrained(path)
     fillers = [tokenizer.encode(name, "fr", add_special_tokens=False) for name in names]
     scores = rank_fillers(model, tokenizer.encode(text, "fr"), fillers, 1).tolist()
     expected = sorted(zip(names, scores, strict=True), key=lambda pair: pair[1], reverse=True)

@@ -236,7 +236,8 @@ def test_missing_params_are_named(tmp_path, original):
     ("words", "message"),
     [
         (["un@@", "un"], None),  # different pieces: `un` and `un</w>`
-        (["a@@b", "ab@@"], "dictionary words 'a@@b' and 'ab@@' are both piece 'ab'"),
+        (["a@@b", "ab@@"], None),  # only a final `@@` continues a word: `a@@b</w>` and `ab`
+        (["ab", "ab</w>@@"], "dictionary words 'ab' and 'ab</w>@@' are both piece 'ab</w>'"),
     ],
 )
 def test_dictionary_words_become_distinct_pieces(tmp_path, original, words, message):

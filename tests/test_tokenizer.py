@@ -318,6 +318,17 @@ def test_encode_lines_with_workers_keeps_order(enfr, gettext_text):
     assert enfr.encode_lines([], "fr", workers=2) == []
 
 
+def test_encode_lines_workers_keep_the_options(enfr_tokenizer_dir):
+    # The trainer binarizes with encode_lines: the options must reach the worker processes.
+    tokenizer = Tokenizer.from_pretrained(
+        enfr_tokenizer_dir, preset="original", bpe_with_vocab=True, parse_special_tokens=True
+    )
+    lines = ["Rawalpinx </s> a\tb", "Le chat."]
+    assert tokenizer.tokenize(lines[0], "en") == ["Raw", "alpin", "x</w>", "</s>", "a</w>", "b</w>"]
+    expected = [tokenizer.encode(line, "en") for line in lines]
+    assert tokenizer.encode_lines(lines, "en", workers=2, chunk_size=1) == expected
+
+
 def test_encode_lines_checks_before_starting_workers(enfr):
     with pytest.raises(TokenizerError, match="unknown language 'de'"):
         enfr.encode_lines(["a", "b"], "de", workers=2)

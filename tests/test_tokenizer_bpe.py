@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xlm.bpe import FastBPE, PythonBPE, make_bpe, parse_merges, read_merges
+from xlm.bpe import FastBPE, PythonBPE, make_bpe, parse_merges, piece_from_fastbpe, piece_to_fastbpe, read_merges
 from xlm.errors import TokenizerError
 
 # Moses never yields whitespace inside a word, and transformers' bpe() joins pieces with spaces: leave it out.
@@ -50,6 +50,16 @@ def test_duplicate_pair_keeps_its_later_rank():
     assert bpe.segment("abc") == ("a", "bc</w>")
 
 
+@pytest.mark.parametrize(
+    ("token", "piece"),
+    [("mon@@", "mon"), ("chat", "chat</w>"), ("a@@b", "a@@b</w>"), ("@@", ""), ("x@@@@", "x@@")],
+)
+def test_fastbpe_tokens_continue_a_word_only_with_a_final_marker(token, piece):
+    # fastBPE looks a piece up as `piece@@` if it continues a word and as `piece` if it ends one.
+    assert piece_from_fastbpe(token) == piece
+    assert piece_to_fastbpe(piece) == token
+
+
 # ---- the merge loop ------------------------------------------------------------------------------------
 
 
@@ -71,6 +81,23 @@ def test_repeated_symbols_merge_left_to_right_without_overlap():
 
 def test_unknown_pairs_stop_merging():
     assert PythonBPE([("x", "y")]).segment("abc") == ("a", "b", "c</w>")
+
+
+def test_vocabulary_unmerges_missing_pieces_recursively():
+    merges = [("a", "b"), ("ab", "c"), ("abc", "d</w>")]
+    assert PythonBPE(merges).segment("abcd") == ("abcd</w>",)
+    # abcd</w> is missing: abc + d</w>; abc is missing: ab + c; ab is known.
+    assert PythonBPE(merges, vocabulary={"ab", "c", "d</w>"}).segment("abcd") == ("ab", "c", "d</w>")
+    # A single character that is missing stays (and becomes <unk>): there is nothing to split.
+    assert PythonBPE(merges, vocabulary={"abc"}).segment("abcd") == ("abc", "d</w>")
+    # An empty vocabulary limits nothing, as in fastBPE.
+    assert PythonBPE(merges, vocabulary=[]).segment("abcd") == ("abcd</w>",)
+
+
+def test_pickle_keeps_the_vocabulary():
+    bpe = PythonBPE([("a", "b"), ("ab", "c</w>")], vocabulary={"ab"})
+    clone = pickle.loads(pickle.dumps(bpe))
+    assert clone.vocabulary == {"ab"} and clone.segment("abc") == ("ab", "c</w>")
 
 
 def test_empty_word_is_an_error():
@@ -145,9 +172,9 @@ def test_fastbpe_backend_pickles(enfr_fastbpe):
 def test_fastbpe_given_the_vocabulary_unmerges_what_transformers_keeps(
     enfr_vocab_dir, enfr_python_bpe, enfr_transformers_tokenizer, require_fastbpe
 ):
-    # The one known divergence, and why the fastBPE backend is given the codes only: "Rawalpin" is a merge
-    # result missing from the enfr vocabulary. transformers keeps it (and maps it to <unk>); fastBPE with the
-    # vocabulary splits it back into pieces that are in the vocabulary.
+    # "Rawalpin" is a merge result missing from the enfr vocabulary. transformers keeps it (and maps it to
+    # <unk>), as fastBPE without the vocabulary does; fastBPE with the vocabulary splits it back into pieces
+    # that are in it (xlm: bpe_with_vocab=True, tests/test_tokenizer_perl.py).
     import fastBPE
 
     with_vocabulary = fastBPE.fastBPE(str(enfr_vocab_dir / "codes_enfr"), str(enfr_vocab_dir / "vocab_enfr"))

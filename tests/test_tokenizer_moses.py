@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from xlm.errors import TokenizerError
 from xlm.moses import (
     MosesPipeline,
+    PunctuationNormalizer2018,
     lowercase_and_remove_accents,
     normalise_romanian,
     remove_non_printing_characters,
@@ -65,9 +66,24 @@ def test_lowercase_and_remove_accents_examples():
 
 
 def test_control_characters_are_deleted_not_spaced():
-    # The Perl script puts a space; transformers (and so xlm) deletes, gluing the words.
+    # The Perl script puts a space; transformers (and so xlm's transformers rules) deletes, gluing the words.
     assert remove_non_printing_characters("tab\there\u200bzero") == "tabherezero"
     assert MosesPipeline("en")("tab\there") == ["tabhere"]
+
+
+def test_original_rules_put_a_space_for_control_characters():
+    # remove-non-printing-char.perl: s/\p{C}/ /g (tests/test_tokenizer_perl.py runs the script itself).
+    assert remove_non_printing_characters("tab\there\u200bzero", original=True) == "tab here zero"
+    assert MosesPipeline("en", original=True)("tab\there") == ["tab", "here"]
+
+
+def test_original_rules_of_2018_punctuation():
+    assert replace_unicode_punctuation("１２", original=True) == '"2'
+    assert replace_unicode_punctuation("１２") == "12"
+    # The line's newline counts: a French `."` at the end of a line becomes `".`; English moves quotes after.
+    assert PunctuationNormalizer2018("fr")('Il a dit "oui."') == 'Il a dit "oui".'
+    assert PunctuationNormalizer2018("en")('He said "yes."') == 'He said "yes."'
+    assert PunctuationNormalizer2018("en")("‘a’ ‚b") == '"a" "b'  # before step 1, which makes ’ an apostrophe
 
 
 def test_french_and_english_apostrophe_rules_differ():

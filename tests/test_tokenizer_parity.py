@@ -1,7 +1,8 @@
 """Acceptance: our ids equal transformers' on every line of a real English and French corpus.
 
 The reference for a line in language `lang` is transformers' `_tokenize(line, lang=lang)` plus its special
-tokens (xlm.parity.transformers_reference_ids): transformers' public `tokenize()` drops `lang`.
+tokens (xlm.parity.transformers_reference_ids): transformers' public `tokenize()` drops `lang`. The original
+preset has its own reference, XLM's Perl pipeline (tests/test_tokenizer_perl.py).
 Line counts and results appear in pytest's summary under "xlm test report".
 """
 
@@ -61,32 +62,6 @@ def test_decode_equals_transformers_on_the_corpus(enfr_tokenizer_dir, enfr_trans
         assert ours == [enfr_transformers_tokenizer.decode(ids) for ids in reference_ids[lang]]
 
 
-@pytest.fixture(scope="module")
-def cased_transformers_tokenizer(transformers_module, enfr_tokenizer_dir):
-    """transformers' XLMTokenizer with lowercasing off: what the original preset must equal, framing aside."""
-    return transformers_module.XLMTokenizer(
-        enfr_tokenizer_dir / "vocab.json",
-        enfr_tokenizer_dir / "merges.txt",
-        do_lowercase_and_remove_accent=False,
-        lang2id={"en": 0, "fr": 1},
-        id2lang={0: "en", 1: "fr"},
-    )
-
-
-@pytest.mark.parametrize("lang", LANGS)
-def test_original_preset_equals_cased_transformers_on_a_corpus_sample(
-    enfr_tokenizer_dir, gettext_text, cased_transformers_tokenizer, transformers_ids, report, lang
-):
-    lines = gettext_text[lang][::10]
-    original = Tokenizer.from_pretrained(enfr_tokenizer_dir, preset="original")
-    ours = original.encode_lines(lines, lang)
-    theirs = [[1, *transformers_ids(cased_transformers_tokenizer, line, lang)[1:]] for line in lines]
-    assert_same_ids(lines, ours, theirs, f"original preset, {lang}")
-    report(
-        f"original preset ({lang}): {len(lines):,} lines (every 10th), identical to transformers with lowercasing off"
-    )
-
-
 ANY_TEXT = st.one_of(
     st.text(),
     st.lists(
@@ -101,18 +76,12 @@ ANY_TEXT = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def both_presets(enfr_tokenizer_dir) -> tuple[Tokenizer, Tokenizer]:
-    return Tokenizer.from_pretrained(enfr_tokenizer_dir), Tokenizer.from_pretrained(
-        enfr_tokenizer_dir, preset="original"
-    )
+def enfr(enfr_tokenizer_dir) -> Tokenizer:
+    return Tokenizer.from_pretrained(enfr_tokenizer_dir)
 
 
 @settings(max_examples=400, deadline=None)
 @given(text=ANY_TEXT, lang=st.sampled_from(LANGS))
-def test_arbitrary_text_equals_transformers(
-    both_presets, enfr_transformers_tokenizer, cased_transformers_tokenizer, transformers_ids, text, lang
-):
-    transformers_preset, original = both_presets
-    assert transformers_preset.encode(text, lang) == transformers_ids(enfr_transformers_tokenizer, text, lang)
-    cased_ids = transformers_ids(cased_transformers_tokenizer, text, lang, add_special_tokens=False)
-    assert original.encode(text, lang, add_special_tokens=False) == cased_ids
+def test_arbitrary_text_equals_transformers(enfr, enfr_transformers_tokenizer, transformers_ids, text, lang):
+    # The original preset follows the Perl scripts instead: tests/test_tokenizer_perl.py.
+    assert enfr.encode(text, lang) == transformers_ids(enfr_transformers_tokenizer, text, lang)

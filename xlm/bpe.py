@@ -12,11 +12,18 @@ pair has a rank:
 
 The result is a tuple of pieces, the last one ending in `</w>`; pieces are then looked up in `vocab.json`.
 
+With a vocabulary (`vocabulary=`, fastBPE's `applybpe OUT IN CODES VOCAB`), a merged piece that is missing
+from it is split back into the two pieces it was merged from, recursively, until every piece is in the vocabulary
+or is a single character:
+
+    Rawalpinx  ->  Rawalpin x</w>  --("Rawalpin" missing: Raw + alpin)-->  Raw alpin x</w>
+
+XLM made its training data without the vocabulary and its valid/test data with it; transformers never uses it.
+
 Two interchangeable backends, with a per-word cache in front (text repeats words, so most lookups hit):
 - `PythonBPE`: the reference, exact and dependency-free.
-- `FastBPE`: the same merges run by the `fastBPE` C++ extension (`pip install xlm[fast]`, docs/tokenizer.md).
-  It is given no vocabulary file, on purpose: with one, fastBPE un-merges pieces missing from the vocabulary,
-  which transformers never does. Without one its output is identical (tested on the real enfr vocabulary).
+- `FastBPE`: the same merges (and vocabulary, if given) run by the `fastBPE` C++ extension (`pip install
+  xlm[fast]`, docs/tokenizer.md). Its output is identical (tested on the real enfr vocabulary).
 """
 
 from __future__ import annotations
@@ -35,6 +42,24 @@ FASTBPE_CONTINUATION = "@@"
 CACHE_LIMIT = 1 << 18
 
 Merge = tuple[str, str]
+
+
+def piece_from_fastbpe(token: str) -> str:
+    """A fastBPE token in transformers' notation: `mon@@` -> `mon` (continues a word), `chat` -> `chat</w>`.
+
+    Only a final `@@` marks a continuing piece, as in fastBPE itself, which looks a piece up as `piece@@` if it
+    continues a word and as `piece` if it ends one: `a@@b` is a word-final piece, `a@@b</w>`.
+    """
+    if token.endswith(FASTBPE_CONTINUATION):
+        return token.removesuffix(FASTBPE_CONTINUATION)
+    return token + END_OF_WORD
+
+
+def piece_to_fastbpe(piece: str) -> str:
+    """The inverse of `piece_from_fastbpe`: `mon` -> `mon@@`, `chat</w>` -> `chat`."""
+    if piece.endswith(END_OF_WORD):
+        return piece.removesuffix(END_OF_WORD)
+    return piece + FASTBPE_CONTINUATION
 
 
 def parse_merges(text: str, source: str = "merges") -> list[Merge]:
@@ -68,11 +93,17 @@ def read_merges(path: str | Path) -> list[Merge]:
 
 
 class BPE:
-    """What both backends share: the rank table, the per-word cache, pickling without the cache."""
+    """What both backends share: the rank table, the per-word cache, pickling without the cache.
 
-    def __init__(self, merges: Iterable[Merge]):
+    vocabulary: the pieces (transformers' notation, special tokens excluded) that un-merging keeps; None
+        (or empty) merges only, as transformers does and as XLM made its training data.
+    """
+
+    def __init__(self, merges: Iterable[Merge], vocabulary: Iterable[str] | None = None):
         # A pair listed twice keeps its later rank (later entries overwrite), as in transformers.
         self.ranks: dict[Merge, int] = {pair: rank for rank, pair in enumerate(merges)}
+        # An empty vocabulary limits nothing, as in fastBPE (which then skips the step).
+        self.vocabulary = frozenset(vocabulary or ()) or None
         self._cache: dict[str, tuple[str, ...]] = {}
 
     @property
@@ -95,16 +126,23 @@ class BPE:
         raise NotImplementedError
 
     def __getstate__(self) -> dict:
-        return {"merges": self.merges}
+        return {"merges": self.merges, "vocabulary": self.vocabulary}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["merges"])
+        self.__init__(state["merges"], state["vocabulary"])
 
 
 class PythonBPE(BPE):
     """The reference backend: the merge loop written out in Python."""
 
     name = "python"
+
+    def __init__(self, merges: Iterable[Merge], vocabulary: Iterable[str] | None = None):
+        super().__init__(merges, vocabulary)
+        # Each merge result -> the pair it was made from; a result made twice keeps its later pair, as fastBPE.
+        self._merged_from = (
+            {left + right: (left, right) for left, right in self.merges} if self.vocabulary is not None else {}
+        )
 
     def _merge(self, word: str) -> tuple[str, ...]:
         symbols = [*word[:-1], word[-1] + END_OF_WORD]
@@ -113,7 +151,16 @@ class PythonBPE(BPE):
             if pair not in self.ranks:
                 break
             symbols = _merge_pair(symbols, pair)
+        if self.vocabulary is not None:
+            return tuple(kept for piece in symbols for kept in self._unmerge(piece))
         return tuple(symbols)
+
+    def _unmerge(self, piece: str) -> list[str]:
+        """`piece` if it is in the vocabulary or cannot be split, else its two halves, each un-merged in turn."""
+        if piece in self.vocabulary or piece not in self._merged_from:
+            return [piece]
+        left, right = self._merged_from[piece]
+        return [*self._unmerge(left), *self._unmerge(right)]
 
     def _rank(self, pair: Merge) -> float:
         return self.ranks.get(pair, float("inf"))
@@ -139,8 +186,8 @@ class FastBPE(BPE):
 
     name = "fastbpe"
 
-    def __init__(self, merges: Iterable[Merge]):
-        super().__init__(merges)
+    def __init__(self, merges: Iterable[Merge], vocabulary: Iterable[str] | None = None):
+        super().__init__(merges, vocabulary)
         try:
             import fastBPE
         except ImportError:
@@ -148,12 +195,16 @@ class FastBPE(BPE):
                 "bpe_backend='fastbpe' needs the fastBPE package, which is not installed: "
                 "pip install -U setuptools wheel cython && pip install --no-build-isolation fastBPE"
             ) from None
-        # fastBPE reads its rules from a codes file (`left right count`; the count is ignored) and keeps them
-        # in memory, so a temporary file written from our deduplicated rank table is enough.
+        # fastBPE reads its rules from a codes file (`left right count`; the count is ignored) and its vocabulary
+        # from a `token count` file, and keeps both in memory, so temporary files written from ours are enough.
         with tempfile.TemporaryDirectory() as directory:
             codes = Path(directory) / "codes"
             codes.write_text("".join(f"{left} {right} 0\n" for left, right in self.merges), encoding="utf-8")
-            self._fastbpe = fastBPE.fastBPE(str(codes))
+            vocab = ""
+            if self.vocabulary is not None:
+                vocab = Path(directory) / "vocab"
+                vocab.write_text("".join(f"{piece_to_fastbpe(piece)} 0\n" for piece in self.vocabulary), "utf-8")
+            self._fastbpe = fastBPE.fastBPE(str(codes), str(vocab))
 
     def _merge(self, word: str) -> tuple[str, ...]:
         # One word per call: fastBPE splits its input on spaces, and Moses words contain none, so its output
@@ -167,11 +218,11 @@ class FastBPE(BPE):
 BACKENDS = {"python": PythonBPE, "fastbpe": FastBPE}
 
 
-def make_bpe(merges: Sequence[Merge], backend: str = "python") -> BPE:
-    """The BPE backend named `backend` ("python" or "fastbpe") over `merges`."""
+def make_bpe(merges: Sequence[Merge], backend: str = "python", vocabulary: Iterable[str] | None = None) -> BPE:
+    """The BPE backend named `backend` ("python" or "fastbpe") over `merges`, un-merging to `vocabulary` if given."""
     if backend not in BACKENDS:
         raise TokenizerError(f"unknown BPE backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    return BACKENDS[backend](merges)
+    return BACKENDS[backend](merges, vocabulary)
 
 
 def fastbpe_installed() -> bool:

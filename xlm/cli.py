@@ -64,7 +64,9 @@ def load(args: argparse.Namespace) -> tuple[XLM, Tokenizer]:
         from xlm.fast import optimize  # builds the CPU kernels on first use (~40 s, then cached)
 
         optimize(model, compile_decoding=getattr(args, "compile", False))
-    tokenizer = Tokenizer.from_pretrained(args.tokenizer or path, preset=args.framing)
+    # Only fill-mask reads `<special1>` in its text; the original framing otherwise encodes `<...>` as text.
+    specials = True if getattr(args, "parse_special_tokens", False) else None
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer or path, preset=args.framing, parse_special_tokens=specials)
     return model, tokenizer
 
 
@@ -338,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("text", help="a sentence with <special1> where the mask is")
     fill.add_argument("--top-k", metavar="K", type=int, default=5, help="fillers per mask (default 5)")
     fill.add_argument("--candidates", metavar="A,B,C", help="rank these fillers by sentence log-likelihood")
+    fill.set_defaults(parse_special_tokens=True)  # the mask is written in the text
 
     for name, (_, help_text) in DELEGATED.items():
         verbs.add_parser(name, help=help_text, add_help=False)

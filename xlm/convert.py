@@ -41,6 +41,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from xlm.bpe import piece_from_fastbpe
 from xlm.checkpoint import checkpoint_name, convert_state_dict, load_state_dict_into, map_key, torch_load_weights_only
 from xlm.config import XLMConfig, from_hf_config
 from xlm.errors import CheckpointError, ConfigError, OneLineParser, XLMError
@@ -147,7 +148,8 @@ def _plain(value: Any) -> Any:
 def vocab_from_dictionary(id2word: Mapping[int, str], word2id: Mapping[str, int]) -> dict[str, int]:
     """transformers' `vocab.json` from XLM's dictionary: a word-final piece gains `</w>`, `un@@` becomes `un`.
 
-    The rule is transformers' converter's (the specials, ids 0..13, are kept as they are). The dictionary is
+    The rule is xlm.bpe.piece_from_fastbpe, fastBPE's (only a final `@@` continues a word: transformers'
+    converter turns `a@@b` into `ab`); the specials, ids 0..13, are kept as they are. The dictionary is
     checked as XLM's `Dictionary.check_valid` does, and no two words may become the same piece.
     """
     n_words = len(id2word)
@@ -158,7 +160,7 @@ def vocab_from_dictionary(id2word: Mapping[int, str], word2id: Mapping[str, int]
     vocab: dict[str, int] = {}
     for i in range(n_words):
         word = id2word[i]
-        piece = word + "</w>" if "@@" not in word and i > 13 else word.replace("@@", "")
+        piece = piece_from_fastbpe(word) if i >= len(SPECIAL_TOKENS) else word
         if piece in vocab:
             raise CheckpointError(f"dictionary words {id2word[vocab[piece]]!r} and {word!r} are both piece {piece!r}")
         vocab[piece] = i

@@ -2,7 +2,8 @@
 
 `Tokenizer.encode(text, lang)` runs, in order:
 
-    0.   literal special tokens in the text (`</s>`, `<special1>`, ...) are cut out and keep their ids
+    0.   literal special tokens in the text (`</s>`, `<special1>`, ...) are cut out and keep their ids,
+         if the preset asks for it
     1-5. Moses preprocessing and tokenization with `lang`'s rules                   (xlm/moses.py)
     6.   lowercase + accent removal, if the preset asks for it                      (xlm/moses.py)
     7.   BPE of every word; a piece missing from the vocabulary becomes `<unk>` 3   (xlm/bpe.py)
@@ -10,17 +11,22 @@
 
 Two presets, i.e. two answers to "which XLM tokenization do you want?":
 
-    preset          step 6: lowercase + strip accents               step 8: framing     pair
-    "transformers"  as tokenizer_config.json's                      <s> X </s>          <s> A </s> B </s>
-                    `do_lowercase_and_remove_accent` (default on)   (ids 0 ... 1)
-    "original"      only if the vocabulary has no uppercase         </s> X </s>         </s> A </s> B </s>
-                    letter, i.e. if XLM's training data was         (ids 1 ... 1)
-                    lowercased
+    preset          step 0        steps 1-5          step 6: lowercase + strip accents     step 8: framing
+    "transformers"  yes           transformers'      as tokenizer_config.json's            <s> X </s>
+                                  (sacremoses)       `do_lowercase_and_remove_accent`      (ids 0 ... 1)
+    "original"      no: `</s>`    the Moses Perl     only if the vocabulary has no         </s> X </s>
+                    is text       scripts of 2018    uppercase letter, i.e. if XLM's       (ids 1 ... 1)
+                                                     training data was lowercased
 
 "transformers" reproduces what the published checkpoints get through transformers (the parity target);
-"original" reproduces what the models saw in training. They differ for the English-French model: its
-vocabulary is cased (`The`, `été` are entries) yet its hub config asks for lowercasing, and XLM never fed
-`<s>` to a model. docs/tokenizer.md shows both on real ids.
+"original" reproduces what the models saw in training, line for line equal to XLM's own preprocessing (the
+Perl scripts, then fastBPE). They differ for the English-French model: its vocabulary is cased (`The`, `été`
+are entries) yet its hub config asks for lowercasing, XLM never fed `<s>` to a model, and the Perl scripts
+put a space where transformers deletes a tab. docs/tokenizer.md shows both on real ids.
+
+BPE with or without the vocabulary (`bpe_with_vocab`, step 7): XLM applied BPE to its training data with the
+merges only, and to its valid/test data with the vocabulary too, which splits a merged piece missing from the
+vocabulary back into the pieces it was made from (xlm/bpe.py). Both presets default to the merges only.
 
 Vocabulary layout (XLM's `Dictionary`): `<s>`=0 `</s>`=1 `<pad>`=2 `<unk>`=3 `<special0>`..`<special9>`=4..13
 (`<special1>` is the mask), then the BPE pieces. A piece that ends a word carries `</w>` (`chat</w>`), one
@@ -39,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from xlm.bpe import END_OF_WORD, FASTBPE_CONTINUATION, Merge, make_bpe, parse_merges, read_merges
+from xlm.bpe import END_OF_WORD, Merge, make_bpe, parse_merges, piece_from_fastbpe, read_merges
 from xlm.errors import CheckpointError, TokenizerError
 from xlm.hub import resolve_tokenizer
 from xlm.moses import MosesPipeline, lowercase_and_remove_accents
@@ -101,6 +107,11 @@ class Tokenizer:
     lowercase_and_remove_accents: None lets the preset decide (transformers: on; original: on only for a
         vocabulary without uppercase letters); a bool overrides it.
     bpe_backend: "python" (exact, the default) or "fastbpe" (the optional C++ extension, same output).
+    parse_special_tokens: whether `</s>`, `<special1>`, ... written in the text become their ids. None lets
+        the preset decide: transformers yes; original no, the text is encoded as text (`< / s >`), as XLM's
+        Perl pipeline did.
+    bpe_with_vocab: un-merge BPE pieces missing from the vocabulary, as fastBPE's `applybpe ... VOCAB`, which
+        XLM used for valid/test data. Off by default: XLM's training data, and transformers, merge only.
     """
 
     def __init__(
@@ -112,6 +123,8 @@ class Tokenizer:
         preset: str = "transformers",
         lowercase_and_remove_accents: bool | None = None,
         bpe_backend: str = "python",
+        parse_special_tokens: bool | None = None,
+        bpe_with_vocab: bool = False,
     ):
         if preset not in PRESETS:
             raise TokenizerError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -122,7 +135,10 @@ class Tokenizer:
         if lowercase_and_remove_accents is None:
             lowercase_and_remove_accents = preset == "transformers" or not _has_uppercase(self.vocab)
         self.lowercase_and_remove_accents = lowercase_and_remove_accents
-        self.bpe = make_bpe(merges, bpe_backend)
+        self.parse_special_tokens = preset == "transformers" if parse_special_tokens is None else parse_special_tokens
+        self.bpe_with_vocab = bpe_with_vocab
+        pieces = self._id_to_piece[len(SPECIAL_TOKENS) :] if bpe_with_vocab else None
+        self.bpe = make_bpe(merges, bpe_backend, vocabulary=pieces)
         self._pipelines: dict[str, MosesPipeline] = {}
 
     # ---- files -----------------------------------------------------------------------------------------
@@ -136,6 +152,8 @@ class Tokenizer:
         bpe_backend: str = "python",
         revision: str | None = None,
         local_files_only: bool | None = None,
+        parse_special_tokens: bool | None = None,
+        bpe_with_vocab: bool = False,
     ) -> Tokenizer:
         """Load transformers' layout: `vocab.json`, `merges.txt`, and `tokenizer_config.json` if present.
 
@@ -143,7 +161,7 @@ class Tokenizer:
             at `revision`, through huggingface_hub's cache (xlm/hub.py; `local_files_only`: the cache only).
         preset None means "transformers": a directory in this layout is a transformers checkpoint, and its
         tokenizer_config.json says what transformers does with it. Without that file, transformers'
-        defaults apply: lowercase + accent removal on, no languages.
+        defaults apply: lowercase + accent removal on, no languages. The last two options as in the constructor.
         """
         try:
             directory = resolve_tokenizer(path, revision=revision, local_files_only=local_files_only)
@@ -162,6 +180,8 @@ class Tokenizer:
             preset=preset,
             lowercase_and_remove_accents=lowercase,
             bpe_backend=bpe_backend,
+            parse_special_tokens=parse_special_tokens,
+            bpe_with_vocab=bpe_with_vocab,
         )
 
     @classmethod
@@ -173,11 +193,14 @@ class Tokenizer:
         languages: Sequence[str] | Mapping[str, int] | None = None,
         preset: str = "original",
         bpe_backend: str = "python",
+        parse_special_tokens: bool | None = None,
+        bpe_with_vocab: bool = False,
     ) -> Tokenizer:
         """Load XLM's original files: fastBPE codes (`a b count`) and vocabulary (`token count`, `@@`).
 
         languages: the model's languages in language-id order (`["en", "fr"]`), or name -> id; None for a
             single-language model. The original files do not record them (XLM kept them in the checkpoint).
+        The other options as in the constructor: `bpe_with_vocab=True` for text encoded as XLM's valid/test data.
         """
         if isinstance(languages, str):
             raise TokenizerError(f"languages must be a list of names such as ['en', 'fr'], got {languages!r}")
@@ -189,6 +212,8 @@ class Tokenizer:
             lang2id=languages,
             preset=preset,
             bpe_backend=bpe_backend,
+            parse_special_tokens=parse_special_tokens,
+            bpe_with_vocab=bpe_with_vocab,
         )
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -248,7 +273,7 @@ class Tokenizer:
         pipeline = self._pipeline(lang)
         pieces: list[str] = []
         start = 0
-        specials = _SPECIAL_TOKEN.finditer(text) if "<" in text else ()
+        specials = _SPECIAL_TOKEN.finditer(text) if self.parse_special_tokens and "<" in text else ()
         for special in specials:
             pieces += self._text_pieces(text[start : special.start()], pipeline)
             pieces.append(special.group())
@@ -356,7 +381,7 @@ class Tokenizer:
 
         Moses is ~85% of the cost and pure Python, so processes, not threads, speed it up. Each worker gets
         a copy of this tokenizer once, then chunks of `chunk_size` lines. lang: one for all lines or one per
-        line. A line's trailing newline does no harm (a control character, deleted by step 3).
+        line. A line's trailing newline does no harm (a control character, removed by step 3).
         """
         if workers < 1 or chunk_size < 1:
             raise TokenizerError(f"workers and chunk_size must be at least 1, got {workers} and {chunk_size}")
@@ -388,7 +413,7 @@ class Tokenizer:
         pipeline = self._pipelines.get(lang) if isinstance(lang, str) else None
         if pipeline is None:
             self._check_lang(lang)
-            pipeline = self._pipelines[lang] = MosesPipeline(lang)
+            pipeline = self._pipelines[lang] = MosesPipeline(lang, original=self.preset == "original")
         return pipeline
 
     def _check_lang(self, lang: str) -> None:
@@ -462,10 +487,7 @@ def read_fastbpe_vocab(path: str | Path) -> dict[str, int]:
         if not count.isdigit():
             raise TokenizerError(f"{path}, line {line_number}: expected `token count`, got {line!r}")
         seen.add(token)
-        if token.endswith(FASTBPE_CONTINUATION):
-            vocab[token.removesuffix(FASTBPE_CONTINUATION)] = len(vocab)
-        else:
-            vocab[token + END_OF_WORD] = len(vocab)
+        vocab[piece_from_fastbpe(token)] = len(vocab)
     return vocab
 
 
