@@ -373,6 +373,7 @@ def serve_online(monkeypatch, snapshot: Path, error: Exception | None = None) ->
         return str(snapshot / filename)
 
     monkeypatch.setattr(xlm.hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(xlm.hub, "get_hf_file_metadata", lambda url, timeout: None)  # the probe: the hub answers
     return requests
 
 
