@@ -14,6 +14,7 @@ cache. Original `.pth` checkpoints with their dictionary and params are converte
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import zipfile
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from xlm.config import Objective, XLMConfig, from_hf_config
 from xlm.errors import CheckpointError, ConfigError
+from xlm.files import os_error_message
 from xlm.hub import WEIGHT_FILES, read_weight_map, resolve_checkpoint
 from xlm.model import XLM
 
@@ -109,7 +111,8 @@ def _check_no_aliases(state: dict[str, Tensor]) -> None:
     for key in state:
         name = checkpoint_name(key)
         if name in seen:
-            raise CheckpointError(f"checkpoint has both {seen[name]!r} and {key!r}: two tensors for {name!r}")
+            first, second = sorted((seen[name], key))
+            raise CheckpointError(f"checkpoint has both {first!r} and {second!r}: two tensors for {name!r}")
         seen[name] = key
 
 
@@ -127,6 +130,10 @@ def _check_tied_head(head: Tensor, embeddings: Tensor | None) -> None:
 
 def read_safetensors(path: Path) -> Iterator[tuple[str, Tensor]]:
     """Tensors of one .safetensors file, memory-mapped (no copy until a tensor is touched or cast)."""
+    try:
+        path.open("rb").close()  # safetensors reports an unreadable file as "No such file or directory"
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
@@ -213,6 +220,8 @@ def find_weights(directory: Path) -> Path:
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return directory / name
+        if os.path.lexists(directory / name):  # a directory, a dangling link, a device: not to be skipped silently
+            raise CheckpointError(f"{directory / name} is not a readable file")
     raise CheckpointError(f"{directory} has no weights file ({', '.join(WEIGHT_FILES)})")
 
 
@@ -279,14 +288,17 @@ def load_pretrained(
     revision: a hub branch, tag or commit (default main). local_files_only: hub cache only (None: `HF_HUB_OFFLINE`).
     Returns the model in eval mode, its parameters in `dtype` on `device`.
     """
-    source = resolve_checkpoint(path, revision=revision, local_files_only=local_files_only)
-    weights = find_weights(source) if source.is_dir() else source
-    if not isinstance(config, XLMConfig):
-        config_path = Path(config) if config is not None else weights.parent / "config.json"
-        # A preset's name tells the objective: the local directory's, or the hub id (not the snapshot's folder).
-        name = str(weights.parent) if source == Path(path) else str(path)
-        try:
-            config = from_hf_config(config_path, name=name, objective=objective)
-        except ConfigError as err:
-            raise ConfigError(f"{config_path}: {err}") from None
-    return load_state_dict_into(config, read_state_dict(weights), dtype, device)
+    try:
+        source = resolve_checkpoint(path, revision=revision, local_files_only=local_files_only)
+        weights = find_weights(source) if source.is_dir() else source
+        if not isinstance(config, XLMConfig):
+            config_path = Path(config) if config is not None else weights.parent / "config.json"
+            # A preset's name tells the objective: the local directory's, or the hub id (not the snapshot's folder).
+            name = str(weights.parent) if source == Path(path) else str(path)
+            try:
+                config = from_hf_config(config_path, name=name, objective=objective)
+            except ConfigError as err:
+                raise ConfigError(str(err) if str(config_path) in str(err) else f"{config_path}: {err}") from None
+        return load_state_dict_into(config, read_state_dict(weights), dtype, device)
+    except OSError as err:  # an unreadable directory or file met on the way (a permission, a link loop)
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_error_message(err)}") from None

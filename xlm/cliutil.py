@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from xlm.errors import InputError, XLMError
+from xlm.files import os_error_message
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -28,7 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def run_tool(prog: str, tool: Callable[[], int]) -> int:
-    """`tool()`'s exit code; an `XLMError` or Ctrl-C becomes one line on stderr and exit code 2 or 130.
+    """`tool()`'s exit code; an `XLMError`, an `OSError` or Ctrl-C becomes one line on stderr, exit code 2 or 130.
 
     stdout writes undecodable command-line bytes back as they came (surrogateescape): a path that is not UTF-8
     is printed as the bytes the user typed, not as a UnicodeEncodeError.
@@ -39,6 +40,9 @@ def run_tool(prog: str, tool: Callable[[], int]) -> int:
         return tool()
     except XLMError as err:
         print(f"{prog}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:  # a file or device the tool met on the way: the user's environment, not a bug
+        print(f"{prog}: error: {os_error_message(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was left half-written", file=sys.stderr)

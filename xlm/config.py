@@ -275,11 +275,17 @@ _HF_NAMES = {
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
+        if path.exists() and not path.is_file():  # a directory, or a FIFO that a read would wait on forever
+            raise ConfigError(f"cannot read config {path}: not a regular file")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"no config file at {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"cannot read config {path}: {err}") from None
+    except RecursionError:  # `[[[[...` nested deeper than the parser's stack
+        raise ConfigError(f"cannot read config {path}: nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} is not a JSON object")
     return data

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants
 from tqdm.auto import tqdm
 
 from xlm.checkpoint import load_state_dict_into, read_state_dict, read_torch_pickle
@@ -73,7 +74,8 @@ def download(
         logger.info("%s is complete and matches its manifest", final)
         return final
     hub = HubSnapshot(repo_id, revision, cache_dir, local_files_only)
-    with atomic_directory(final, replace=force) as tmp:
+    cache = Path(cache_dir or constants.HF_HUB_CACHE)  # read from: the output may not hold it
+    with atomic_directory(final, replace=force, inputs=[cache]) as tmp:
         files = _fetch(hub)
         converted = _copy(files, tmp, progress)
         _check_weights(tmp)

@@ -167,7 +167,7 @@ def atomic_directory(final: str | Path, *, replace: bool = False, inputs: Iterab
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a successful rename
     except OSError as err:
-        raise CheckpointError(f"cannot write {final}: {_describe(err)}") from None
+        raise CheckpointError(f"cannot write {final}: {os_error_message(err)}") from None
 
 
 def _rename_into_place(tmp: Path, final: Path) -> None:
@@ -181,11 +181,14 @@ def _rename_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old)
 
 
-def _describe(err: OSError) -> str:
+def os_error_message(err: OSError) -> str:
     """An OSError in one line: what failed, and on which path."""
     if err.strerror and err.filename is not None:
         return f"{err.strerror}: {os.fsdecode(err.filename)}"
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-__all__ = ["MARKER", "atomic_directory", "check_output_location", "output_lock", "write_json", "write_safetensors"]
+__all__ = [
+    "MARKER", "atomic_directory", "check_output_location", "os_error_message", "output_lock", "write_json",
+    "write_safetensors",
+]  # fmt: skip

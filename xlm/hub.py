@@ -154,8 +154,11 @@ def shard_files(index: Path) -> list[str]:
 def _existing_path(name_or_path: str | Path, revision: str | None) -> Path | None:
     """`name_or_path` as a local path if it exists: a local path always wins over a hub id."""
     local = Path(name_or_path)
-    if not local.exists():
-        return None
+    try:
+        if not local.exists():
+            return None
+    except OSError as err:  # a parent directory that cannot be searched: the path is local, and unreadable
+        raise CheckpointError(f"cannot read {local}: {err.strerror or err}") from None
     if revision is not None:
         raise CheckpointError(f"{local} is a local path; a revision ({revision!r}) only applies to hub ids")
     return local
