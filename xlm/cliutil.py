@@ -3,12 +3,14 @@
 Exit codes: 0 success; 1 a check that ran and failed (parity); 2 bad input, as one line on stderr
 (`PROG: error: ...`), whether argparse or the tool found it; 130 interrupted by Ctrl-C, as one line too. 130 is
 128 + SIGINT, what a shell reports for a process that SIGINT ended: a script can tell "interrupted" from "bad
-input", and the tool has cleaned up (an output directory being written is removed, xlm/files.py).
+input", and the tool has cleaned up (an output directory being written is removed, xlm/files.py). 141 (128 +
+SIGPIPE), silently, when the reader of stdout went away (`| head -1`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -19,6 +21,7 @@ from xlm.files import os_error_message
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader closed the pipe
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,6 +41,9 @@ def run_tool(prog: str, tool: Callable[[], int]) -> int:
         sys.stdout.reconfigure(errors="surrogateescape")
     try:
         return tool()
+    except BrokenPipeError:  # the reader went away (`xlm score ... | head -1`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
+        return EXIT_BROKEN_PIPE
     except XLMError as err:
         print(f"{prog}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return EXIT_BAD_INPUT

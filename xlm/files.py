@@ -9,11 +9,12 @@ Every directory xlm writes (a converted checkpoint, a download, a training check
     # here weights/xlm-clm-enfr-1024 exists and is complete; on an exception or Ctrl-C it does not exist
 
 The promises, and how they are kept (docs/checkpoints.md lists the tests that hold each one):
-- **Whole or absent.** The files are written into a sibling `.NAME.partial-<random>` and renamed to `NAME` at the
-  end: a rename within one directory is atomic, so a reader sees the old directory, the new one, or none.
+- **Whole or absent.** The files are written into a sibling `.NAME.partial-<random>`, flushed to disk (fsync) and
+  renamed to `NAME` at the end: a rename within one directory is atomic, so a reader sees the old directory, the
+  new one, or none, after a power loss too.
 - **Inputs untouched.** The output may not be an input, hold one, or hold the working directory; with
   `replace=True` it must also be empty or hold `config.json` (a directory such a writer made), so a mistyped
-  `--out ~ --force` refuses instead of deleting a home directory.
+  `--out ~ --force` refuses instead of deleting a home directory (`marker` names another file).
 - **One writer per output.** The writer holds an exclusive `fcntl.flock` on `.NAME.lock` beside the output for as
   long as it writes; a second writer of the same output gets a one-line error at once. The kernel releases the
   lock when its holder exits in any way (`kill -9` included), so a lock is never stale.
@@ -129,25 +130,27 @@ def _remove_leftovers(final: Path) -> None:
             path.unlink()
 
 
-def _check_replaceable(final: Path, replace: bool) -> None:
+def _check_replaceable(final: Path, replace: bool, marker: str) -> None:
     if not os.path.lexists(final):
         return
     if not replace:
         raise CheckpointError(f"{final} already exists; pass --force to replace it")
     if final.is_symlink() or not final.is_dir():
         raise CheckpointError(f"{final} exists and is not a directory; --force replaces only a directory")
-    if any(final.iterdir()) and not (final / MARKER).is_file():
+    if any(final.iterdir()) and not (final / marker).is_file():
         raise CheckpointError(
-            f"{final} is not empty and holds no {MARKER}: not a checkpoint directory, so --force will not delete it"
+            f"{final} is not empty and holds no {marker}: not a checkpoint directory, so --force will not delete it"
         )
 
 
 @contextmanager
-def atomic_directory(final: str | Path, *, replace: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+def atomic_directory(
+    final: str | Path, *, replace: bool = False, inputs: Iterable[str | Path] = (), marker: str = MARKER
+) -> Iterator[Path]:
     """An empty temporary sibling of `final` to write into, renamed to `final` when the block succeeds.
 
-    final: the output directory. replace: an existing `final` (empty, or holding config.json) is replaced; else it
-    is an error. inputs: paths the writer reads; `final` may not be or hold one of them (nor the working
+    final: the output directory. replace: an existing `final` that is empty or holds the file `marker` (a
+    directory such a writer made) is replaced; else an existing `final` is an error. inputs: paths the writer reads; `final` may not be or hold one of them (nor the working
     directory). On any other exit from the block (an error, Ctrl-C) the temporary directory is removed and
     `final` is as it was. A second writer of the same `final` gets a one-line `CheckpointError` while this one
     runs. OSErrors inside the block or on the way become `CheckpointError`s naming `final`.
@@ -158,7 +161,7 @@ def atomic_directory(final: str | Path, *, replace: bool = False, inputs: Iterab
         final.parent.mkdir(parents=True, exist_ok=True)
         with output_lock(final):
             _remove_leftovers(final)
-            _check_replaceable(final, replace)
+            _check_replaceable(final, replace, marker)
             tmp = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
             tmp.mkdir()  # with the umask's permissions, which the final directory keeps (mkdtemp's would be 0700)
             try:
@@ -171,14 +174,35 @@ def atomic_directory(final: str | Path, *, replace: bool = False, inputs: Iterab
 
 
 def _rename_into_place(tmp: Path, final: Path) -> None:
-    """`tmp` becomes `final`; an existing `final` is moved aside first, so that a failure keeps one of the two."""
+    """`tmp` becomes `final`; an existing `final` is moved aside first, so that a failure keeps one of the two.
+
+    The files reach the disk before the rename (fsync), and the rename before this returns: after a power loss
+    the name holds the old directory or the complete new one, not a renamed directory of short files.
+    """
+    _fsync_tree(tmp)
     if not os.path.lexists(final):
         tmp.rename(final)
-        return
-    old = tmp.with_name(tmp.name.replace(".partial-", ".old-"))
-    final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old)
+    else:
+        old = tmp.with_name(tmp.name.replace(".partial-", ".old-"))
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    _fsync(final.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            _fsync(Path(root, name))
+        _fsync(Path(root))
 
 
 def os_error_message(err: OSError) -> str:

@@ -216,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1 or not 1 <= args.seq <= 512:
         raise XLMError(f"--batch must be >= 1 and --seq in 1..512, got {args.batch} x {args.seq}")
     usable_device(args.device)  # a device this machine lacks is a one-line error, before any loading
+    if args.json and not Path(args.json).parent.is_dir():  # found before the run, not after its table
+        raise XLMError(f"--json {args.json}: no directory {Path(args.json).parent} to write it in")
     text = None
     with ExitStack() as stack:
         path, label = checkpoint_path(args, stack)
