@@ -149,10 +149,12 @@ def atomic_directory(
 ) -> Iterator[Path]:
     """An empty temporary sibling of `final` to write into, renamed to `final` when the block succeeds.
 
-    final: the output directory. replace: an existing `final` that is empty or holds the file `marker` (a
-    directory such a writer made) is replaced; else an existing `final` is an error. inputs: paths the writer reads; `final` may not be or hold one of them (nor the working
-    directory). On any other exit from the block (an error, Ctrl-C) the temporary directory is removed and
-    `final` is as it was. A second writer of the same `final` gets a one-line `CheckpointError` while this one
+    final: the output directory.
+    replace: an existing `final` that is empty or holds the file `marker` (a directory such a writer made) is
+        replaced; any other existing `final` is an error.
+    inputs: paths the writer reads; `final` may not be or hold one of them (nor the working directory).
+    On any other exit from the block (an error, Ctrl-C) the temporary directory is removed and `final` is as it
+    was. A second writer of the same `final` gets a one-line `CheckpointError` while this one
     runs. OSErrors inside the block or on the way become `CheckpointError`s naming `final`.
     """
     final = Path(final)
