@@ -148,6 +148,18 @@ def test_a_folder_or_a_link_loop_where_a_file_should_be(own_copy, damage, messag
     assert_one_line(result, "generate", message.format(dir=own_copy))
 
 
+@pytest.mark.parametrize("case", ["device-checkpoint", "device-codes", "folder-checkpoint"])
+def test_convert_from_a_device_or_a_folder(tmp_path, case):
+    """/dev/zero would be read forever; a folder is no checkpoint. Neither is read."""
+    regular = tmp_path / "regular"
+    regular.write_bytes(b"never read")
+    bad = "/dev/zero" if case.startswith("device") else str(tmp_path / "folder")
+    Path(tmp_path / "folder").mkdir()
+    checkpoint, codes = (regular, bad) if case.endswith("codes") else (bad, regular)
+    result = xlm("convert", str(checkpoint), "--codes", str(codes), "--out", str(tmp_path / "out"))
+    assert_one_line(result, "convert", f"{bad} is not a regular file")
+
+
 # --- Checkpoints that contradict themselves ------------------------------------------------------------------------
 
 

@@ -202,6 +202,9 @@ def convert_original(checkpoint: str | Path, codes: str | Path, out_dir: str | P
     is written: the config is validated, every tensor's name and shape must match it. Returns `out_dir`.
     """
     checkpoint, codes, out_dir = Path(checkpoint), Path(codes), Path(out_dir)
+    for path in (checkpoint, codes):  # a device (/dev/zero) or a pipe would be read forever
+        if path.exists() and not path.is_file():
+            raise CheckpointError(f"{path} is not a regular file")
     with atomic_directory(out_dir, replace=force, inputs=(checkpoint, codes)) as tmp:
         original = read_original(checkpoint)
         vocab = vocab_from_dictionary(original["dico_id2word"], original["dico_word2id"])
