@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import unprivileged_prefix
 from test_convert import CODES, save_original
 
 import xlm.convert
@@ -33,12 +33,6 @@ from xlm.files import atomic_directory, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-# A root process without the capabilities that let it ignore permissions, for the tests that need them refused.
-AS_UNPRIVILEGED = [
-    "setpriv",
-    "--inh-caps=-dac_override,-dac_read_search",
-    "--bounding-set=-dac_override,-dac_read_search",
-]
 
 # `xlm convert ARGS` whose safetensors write, once done, writes its pid to READY and waits until GO exists.
 PAUSED_CONVERT = """
@@ -274,11 +268,7 @@ def test_an_output_on_a_mount_that_refuses_writes_is_one_line(inputs):
 def test_an_output_in_a_directory_without_write_permission_is_one_line(tmp_path, inputs):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    prefix = ()
-    if os.geteuid() == 0:  # root writes anywhere; without these capabilities it cannot
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: permissions cannot be refused")
-        prefix = tuple(AS_UNPRIVILEGED)
+    prefix = tuple(unprivileged_prefix())  # root writes anywhere; without two capabilities it cannot
     assert_one_line_error(convert(inputs, locked / "out", prefix=prefix), "Permission denied")
 
 

@@ -21,19 +21,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import scaled_down
+from conftest import scaled_down, unprivileged_prefix
 from safetensors.torch import load_file, save_file
 
 from xlm.config import PRESETS
 from xlm.synthetic import save_synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-CAN_DROP_PRIVILEGES = os.geteuid() != 0 or shutil.which("setpriv") is not None
-AS_UNPRIVILEGED = [
-    "setpriv",
-    "--inh-caps=-dac_override,-dac_read_search",
-    "--bounding-set=-dac_override,-dac_read_search",
-]
+
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +46,8 @@ def own_copy(model, tmp_path) -> Path:
 
 def xlm(*args: str | bytes, env: dict[str, str] | None = None, unprivileged: bool = False, cwd: Path = ROOT):
     command = [sys.executable, "-m", "xlm", *args]
-    if unprivileged and os.geteuid() == 0:
-        command = AS_UNPRIVILEGED + command
+    if unprivileged:
+        command = unprivileged_prefix() + command
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, timeout=300)
 
@@ -112,7 +107,6 @@ def test_a_score_file_that_is_a_directory(model, tmp_path):
 # --- Files that cannot be read ----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not CAN_DROP_PRIVILEGES, reason="root without setpriv: permissions cannot be refused")
 @pytest.mark.parametrize(
     ("target", "message"),
     [
