@@ -30,7 +30,6 @@ from xlm.synthetic import save_synthetic_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     """A scaled-down xlm-clm-enfr-1024 with its character-level tokenizer (read-only for the tests below)."""
