@@ -158,6 +158,24 @@ def fake_hub(tmp_path: Path, monkeypatch, no_network) -> FakeHubCache:
     return cache
 
 
+# ---- file permissions, which root ignores ------------------------------------------------------------------
+
+# Root reads and writes any file whatever its permissions, through two capabilities; util-linux's setpriv runs a
+# command without them, so that the kernel refuses it what it would refuse any user.
+AS_UNPRIVILEGED = [
+    "setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search",
+]  # fmt: skip
+
+
+def unprivileged_prefix() -> list[str]:
+    """A command prefix under which file permissions apply, to root too (skips, or fails in CI, if impossible)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        skip_or_fail("running as root without setpriv: permissions cannot be refused", required=env_flag("CI"))
+    return AS_UNPRIVILEGED
+
+
 # ---- outside data: the enfr BPE files, gettext catalogs, fastBPE ---------------------------------------
 
 

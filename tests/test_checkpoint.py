@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -33,17 +34,33 @@ def rewrite_weights(directory: Path, change) -> None:
 # --- Layouts that load --------------------------------------------------------------------------------------
 
 
+SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+FIRST = "pred_layer.proj.bias"  # the first name in sorted order: `shard` puts it in SHARDS[0]
+
+
+def shard(directory: Path, weight_map_change=None, extra: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """Split model.safetensors into two shards and an index (its weight_map changed by `weight_map_change`).
+
+    extra: shard -> keys written into that shard too (a tensor stored twice). Returns the index's weight_map.
+    """
+    state = load_file(directory / "model.safetensors")
+    names = sorted(state)
+    shards = {SHARDS[0]: names[::2], SHARDS[1]: names[1::2]}
+    for name, keys in shards.items():
+        keys = keys + (extra or {}).get(name, [])
+        save_file({k: state[k] for k in keys}, directory / name, metadata={"format": "pt"})
+    weight_map = {key: name for name, keys in shards.items() for key in keys}
+    if weight_map_change is not None:
+        weight_map_change(weight_map)
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (directory / "model.safetensors").unlink()
+    return weight_map
+
+
 def test_a_sharded_checkpoint_loads(tiny_checkpoint):
     directory = tiny_checkpoint()
     reference = load_pretrained(directory)
-    state = load_file(directory / "model.safetensors")
-    names = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for shard, keys in shards.items():
-        save_file({k: state[k] for k in keys}, directory / shard, metadata={"format": "pt"})
-    weight_map = {key: shard for shard, keys in shards.items() for key in keys}
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (directory / "model.safetensors").unlink()
+    shard(directory)
     assert same_weights(load_pretrained(directory), reference)
 
 
@@ -114,6 +131,81 @@ def test_an_unexpected_tensor(tiny_checkpoint):
         CheckpointError,
         match=r"unexpected tensor 'transformer\.encoder_attn\.0\.q_lin\.weight': not part of an XLM language model",
     ):
+        load_pretrained(directory)
+
+
+# --- One name, one tensor: aliases and shards that disagree with their index are refused, naming the keys -------
+
+
+@pytest.mark.parametrize(
+    "alias",
+    ["embeddings.weight", "module.embeddings.weight", "module.transformer.embeddings.weight"],
+    ids=["unprefixed", "ddp", "ddp-prefixed"],
+)
+def test_two_names_for_one_tensor_are_refused(tiny_checkpoint, alias):
+    """`transformer.embeddings.weight` and an alias with other values: no silent choice of the last one."""
+    directory = tiny_checkpoint()
+
+    def add_alias(state):
+        state[alias] = state["transformer.embeddings.weight"] + 1.0
+
+    rewrite_weights(directory, add_alias)
+    message = f"has both '{alias}' and 'transformer.embeddings.weight': two tensors for 'embeddings.weight'"
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_pretrained(directory)
+
+
+def test_two_names_are_refused_even_for_equal_values(tiny_checkpoint):
+    directory = tiny_checkpoint()
+    rewrite_weights(directory, lambda s: s.update({"module.pred_layer.proj.bias": s["pred_layer.proj.bias"].clone()}))
+    with pytest.raises(
+        CheckpointError, match=re.escape("both 'module.pred_layer.proj.bias' and 'pred_layer.proj.bias'")
+    ):
+        load_pretrained(directory)
+
+
+def test_a_tensor_in_two_shards_is_refused(tiny_checkpoint):
+    directory = tiny_checkpoint()
+    shard(directory, extra={SHARDS[1]: [FIRST]})  # also in the shard its index does not name
+    with pytest.raises(
+        CheckpointError, match=rf"'pred_layer\.proj\.bias' is in shard {SHARDS[1]}, but .* names {SHARDS[0]}"
+    ):
+        load_pretrained(directory)
+
+
+def test_a_tensor_the_index_does_not_list_is_refused(tiny_checkpoint):
+    directory = tiny_checkpoint()
+    shard(directory, weight_map_change=lambda weight_map: weight_map.pop(FIRST))
+    with pytest.raises(CheckpointError, match=r"'pred_layer\.proj\.bias' is in shard .*, but .* does not list"):
+        load_pretrained(directory)
+
+
+def test_a_tensor_the_index_places_in_the_wrong_shard_is_refused(tiny_checkpoint):
+    directory = tiny_checkpoint()
+
+    def move(weight_map):
+        weight_map[FIRST] = SHARDS[1]  # it is in SHARDS[0]
+
+    shard(directory, weight_map_change=move)
+    with pytest.raises(
+        CheckpointError, match=rf"'pred_layer\.proj\.bias' is in shard {SHARDS[0]}, but .* names {SHARDS[1]}"
+    ):
+        load_pretrained(directory)
+
+
+def test_a_tensor_listed_but_absent_is_refused(tiny_checkpoint):
+    directory = tiny_checkpoint()
+    shard(directory, weight_map_change=lambda weight_map: weight_map.update({"transformer.ghost.weight": SHARDS[0]}))
+    with pytest.raises(CheckpointError, match=rf"lists 'transformer\.ghost\.weight' in {SHARDS[0]}, which lacks it"):
+        load_pretrained(directory)
+
+
+@pytest.mark.parametrize("outside", ["../model.safetensors", "/etc/passwd", "sub/model.safetensors"])
+def test_an_index_naming_a_file_outside_its_directory_is_refused(tiny_checkpoint, outside):
+    """A shard must sit beside its index: `../` would read any file the loader can reach."""
+    directory = tiny_checkpoint()
+    shard(directory, weight_map_change=lambda weight_map: weight_map.update({"transformer.x": outside}))
+    with pytest.raises(CheckpointError, match="a shard must be a file beside the index"):
         load_pretrained(directory)
 
 

@@ -229,7 +229,7 @@ def test_bad_input_is_one_line_and_exit_code_2(env, tiny, verb, args, message):
         (["generate", "x" * 600], "a prompt of 601 tokens plus 32 new ones needs 633 positions; XLM has 512"),
         (["generate", "Hi", "--max-new-tokens", "600"], "needs 603 positions; XLM has 512"),
         (["generate", "Hi", "--continue-lang", "xx"], "unknown language 'xx'"),
-        (["generate", "Hi", "--temperature", "-1"], "temperature must be >= 0"),
+        (["generate", "Hi", "--temperature", "-1"], "argument --temperature: -1 is not 0 (greedy)"),
         (["generate", "Hi", "--device", "cuda:0" if not torch.cuda.is_available() else "nonsense"], "device"),
         (["generate", "Hi", "--dtype", "fp8"], "argument --dtype: invalid choice"),
         (["generate", "Hi", "--synthetic", "xlm-clm-enfr-1024"], "not allowed with argument --model"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -86,10 +87,10 @@ def test_unsupported_features_are_rejected_by_name(key, value, message):
     [
         ({"n_words": 100}, "n_words=100 but vocab_size=64139"),
         ({"pad_index": 0}, "pad_index=0 but pad_token_id=2"),
-        ({"n_heads": 7}, "not a multiple of n_heads"),
+        ({"n_heads": 7}, r"n_heads=7 is not allowed: it must be a divisor of dim=1024"),
         ({"lang2id": {"en": 0, "fr": 2}, "id2lang": {"0": "en", "2": "fr"}}, "does not number"),
         ({"id2lang": {"0": "fr", "1": "en"}}, "disagree"),
-        ({"n_layers": "6"}, "n_layers='6' is not a non-negative integer"),
+        ({"n_layers": "6"}, r"n_layers='6' is not allowed: it must be an integer in 1\.\.1000"),
         ({"layer_norm_eps": -1.0}, "layer_norm_eps"),
     ],
 )
@@ -125,3 +126,66 @@ def test_to_hf_config_round_trips():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'xlm-clm-enfr-2048'; known: xlm-mlm-en-2048"):
         XLMConfig.from_name("xlm-clm-enfr-2048")
+
+
+# --- Every field is checked: its config.json name and its allowed values are in the message ------------------
+
+CURRENT_NAMES_ONLY = {k: v for k, v in ENFR_2020.items() if k not in ("bos_index", "eos_index", "pad_index")}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("n_heads", 0, "n_heads=0 is not allowed: it must be an integer >= 1"),
+        ("n_heads", 3, "n_heads=3 is not allowed: it must be a divisor of dim=1024"),
+        ("vocab_size", 0, "vocab_size=0 is not allowed: it must be an integer >= 1"),
+        ("vocab_size", 1.5, "vocab_size=1.5 is not allowed: it must be an integer >= 1"),
+        ("pad_token_id", 64139, "pad_token_id=64139 is not allowed: it must be a token id in 0..64138"),
+        ("mask_index", -1, "mask_index=-1 is not allowed: it must be a token id in 0..64138"),
+        ("bos_token_id", True, "bos_token_id=True is not allowed: it must be a token id in 0..64138"),
+        ("emb_dim", 0, "emb_dim=0 is not allowed: it must be an integer >= 1"),
+        ("n_layers", 10**9, "n_layers=1000000000 is not allowed: it must be an integer in 1..1000"),
+        ("n_layers", 0, "n_layers=0 is not allowed: it must be an integer in 1..1000"),
+        ("max_position_embeddings", 0, "max_position_embeddings=0 is not allowed: it must be an integer >= 1"),
+        ("layer_norm_eps", "1e-12", "layer_norm_eps='1e-12' is not allowed: it must be a finite number > 0"),
+        ("layer_norm_eps", float("nan"), "layer_norm_eps=nan is not allowed: it must be a finite number > 0"),
+        ("layer_norm_eps", 0, "layer_norm_eps=0 is not allowed: it must be a finite number > 0"),
+        ("dropout", None, "dropout=None is not allowed: it must be a number in [0, 1)"),
+        ("dropout", 1.5, "dropout=1.5 is not allowed: it must be a number in [0, 1)"),
+        ("attention_dropout", -0.1, "attention_dropout=-0.1 is not allowed: it must be a number in [0, 1)"),
+        ("use_lang_emb", "false", "use_lang_emb='false' is not allowed: it must be true or false"),
+        ("n_langs", 0, "n_langs=0 is not allowed: it must be an integer in 1..10000"),
+        ("lang2id", ["en", "fr"], "lang2id=['en', 'fr'] is not allowed: it must be an object of name -> integer id"),
+        ("lang2id", {"en": "0", "fr": 1}, "lang2id={'en': '0', 'fr': 1} is not allowed"),
+        (
+            "id2lang",
+            {"zero": "en", "1": "fr"},
+            "id2lang has 'zero': 'en', not allowed: it must be an object of integer",
+        ),
+        ("id2lang", {"0": 7, "1": "fr"}, "id2lang has '0': 7, not allowed"),
+        ("id2lang", ["en", "fr"], "id2lang=['en', 'fr'] is not allowed"),
+    ],
+)
+def test_each_field_is_validated_with_its_name_and_allowed_values(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        from_hf_config({**CURRENT_NAMES_ONLY, key: value})
+
+
+def test_fields_are_validated_when_a_config_is_built_in_python():
+    with pytest.raises(ConfigError, match=re.escape("n_heads=0 is not allowed: it must be an integer >= 1")):
+        XLMConfig(100, 32, 2, 0, ("en",))
+    with pytest.raises(ConfigError, match=re.escape("pad_id=100 is not allowed: it must be a token id in 0..99")):
+        XLMConfig(100, 32, 2, 4, ("en",), pad_id=100)
+
+
+def test_config_files_that_are_not_json_objects_one_can_read(tmp_path):
+    """A directory where the file should be, JSON nested past the parser's stack, a NaN: each one line."""
+    (tmp_path / "dir" / "config.json").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"cannot read config .*config\.json: not a regular file"):
+        from_hf_config(tmp_path / "dir" / "config.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        from_hf_config(tmp_path / "deep.json")
+    (tmp_path / "nan.json").write_text(json.dumps({**CURRENT_NAMES_ONLY, "layer_norm_eps": float("nan")}))
+    with pytest.raises(ConfigError, match="layer_norm_eps=nan is not allowed"):
+        from_hf_config(tmp_path / "nan.json")

@@ -373,6 +373,7 @@ def serve_online(monkeypatch, snapshot: Path, error: Exception | None = None) ->
         return str(snapshot / filename)
 
     monkeypatch.setattr(xlm.hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(xlm.hub, "get_hf_file_metadata", lambda url, timeout: None)  # the probe: the hub answers
     return requests
 
 
@@ -410,3 +411,52 @@ def test_hub_errors_become_one_line_errors(fake_hub, monkeypatch, tmp_path, erro
     serve_online(monkeypatch, tmp_path, error)
     with pytest.raises(CheckpointError, match=message):
         load_pretrained(SHORT, revision="v9", local_files_only=False)
+
+
+# --- The hub out of reach: one probe without retries, then the cache ---------------------------------------------
+
+
+def refuse_connections(monkeypatch) -> list[str]:
+    """The probe's request is refused (as by a closed port); any download attempt fails the test."""
+    probes = []
+
+    def probe(url, timeout):
+        probes.append(url)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("hf_hub_download called although the hub did not answer (its retries take ~25 s)")
+
+    monkeypatch.setattr(xlm.hub, "get_hf_file_metadata", probe)
+    monkeypatch.setattr(xlm.hub, "hf_hub_download", no_download)
+    return probes
+
+
+def test_an_unreachable_hub_is_asked_once_then_the_cache_is_used(published, monkeypatch):
+    cached = resolve_checkpoint(SHORT, local_files_only=True)
+    probes = refuse_connections(monkeypatch)
+    assert resolve_checkpoint(SHORT, local_files_only=False) == cached
+    assert len(probes) == 1 and probes[0].endswith("/FacebookAI/xlm-clm-enfr-1024/resolve/main/config.json")
+
+
+def test_an_unreachable_hub_without_the_files_cached_says_how_to_work_offline(fake_hub, monkeypatch):
+    probes = refuse_connections(monkeypatch)
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained("someone/some-xlm", local_files_only=False)
+    message = str(err.value)
+    assert message.startswith("config.json of someone/some-xlm (revision main) is not in the hub cache and ")
+    assert "did not answer ([Errno 111] Connection refused)" in message and "\n" not in message
+    assert "HF_HUB_OFFLINE=1" in message and "local checkpoint directory" in message and "--synthetic" in message
+    assert len(probes) == 1
+
+
+def test_a_download_while_another_writer_holds_the_output_is_refused(published):
+    from xlm.files import output_lock
+
+    Path("weights").mkdir()
+    held = r"another process \(pid \d+\) is writing weights/xlm-clm-enfr-1024"
+    # Held as a second process would hold it: flock excludes every other open file, in this process too.
+    with output_lock(Path("weights", SHORT)), pytest.raises(CheckpointError, match=held):
+        download(SHORT, local_files_only=True, progress=False)
+    assert not Path("weights", SHORT).exists()
+    assert download(SHORT, local_files_only=True, progress=False) == Path("weights", SHORT)  # once it is gone

@@ -14,6 +14,7 @@ cache. Original `.pth` checkpoints with their dictionary and params are converte
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import zipfile
@@ -28,7 +29,8 @@ from torch import Tensor
 
 from xlm.config import Objective, XLMConfig, from_hf_config
 from xlm.errors import CheckpointError, ConfigError
-from xlm.hub import WEIGHT_FILES, resolve_checkpoint, shard_files
+from xlm.files import os_error_message
+from xlm.hub import WEIGHT_FILES, read_weight_map, resolve_checkpoint
 from xlm.model import XLM
 
 # The dtypes a model can be loaded in, by the names the command-line tools use.
@@ -90,12 +92,28 @@ def map_key(key: str) -> str | None:
 
 
 def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a transformers or original XLM state dict to ours; tied-head copies are checked and dropped."""
+    """Rename a transformers or original XLM state dict to ours; tied-head copies are checked and dropped.
+
+    Two keys that name one tensor (`transformer.embeddings.weight` and `embeddings.weight`, or a `module.`
+    copy) are an error naming both: which one the file means cannot be known, and taking the last would be a
+    silent guess.
+    """
+    _check_no_aliases(state)
     converted = {ours: tensor for key, tensor in state.items() if (ours := map_key(key)) is not None}
     head = next((t for k, t in state.items() if checkpoint_name(k) == TIED_HEAD_KEY), None)
     if head is not None:
         _check_tied_head(head, converted.get("embeddings.weight"))
     return converted
+
+
+def _check_no_aliases(state: dict[str, Tensor]) -> None:
+    seen: dict[str, str] = {}
+    for key in state:
+        name = checkpoint_name(key)
+        if name in seen:
+            first, second = sorted((seen[name], key))
+            raise CheckpointError(f"checkpoint has both {first!r} and {second!r}: two tensors for {name!r}")
+        seen[name] = key
 
 
 def _check_tied_head(head: Tensor, embeddings: Tensor | None) -> None:
@@ -112,6 +130,10 @@ def _check_tied_head(head: Tensor, embeddings: Tensor | None) -> None:
 
 def read_safetensors(path: Path) -> Iterator[tuple[str, Tensor]]:
     """Tensors of one .safetensors file, memory-mapped (no copy until a tensor is touched or cast)."""
+    try:
+        path.open("rb").close()  # safetensors reports an unreadable file as "No such file or directory"
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
@@ -167,10 +189,30 @@ def read_torch_pickle(path: Path) -> dict[str, Tensor]:
 def read_state_dict(weights: Path) -> dict[str, Tensor]:
     """All tensors of a checkpoint: one .safetensors, a sharded index, or a torch pickle."""
     if weights.name.endswith(".index.json"):
-        return {k: t for shard in shard_files(weights) for k, t in read_safetensors(weights.parent / shard)}
+        return read_shards(weights)
     if weights.suffix == ".safetensors":
         return dict(read_safetensors(weights))
     return read_torch_pickle(weights)
+
+
+def read_shards(index: Path) -> dict[str, Tensor]:
+    """The tensors of a sharded checkpoint, each from the shard its index's `weight_map` names, and only there.
+
+    A tensor in two shards, in a shard the index does not name for it, or named but absent, is an error
+    naming the tensor: the index is the file's statement of where each tensor is, and it must be true.
+    """
+    weight_map = read_weight_map(index)
+    state: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        for key, tensor in read_safetensors(index.parent / shard):
+            if weight_map.get(key) != shard:
+                where = f"names {weight_map[key]}" if key in weight_map else "does not list it"
+                raise CheckpointError(f"{key!r} is in shard {shard}, but {index.name} {where}")
+            state[key] = tensor
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise CheckpointError(f"{index.name} lists {missing[0]!r} in {weight_map[missing[0]]}, which lacks it")
+    return state
 
 
 def find_weights(directory: Path) -> Path:
@@ -178,6 +220,8 @@ def find_weights(directory: Path) -> Path:
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return directory / name
+        if os.path.lexists(directory / name):  # a directory, a dangling link, a device: not to be skipped silently
+            raise CheckpointError(f"{directory / name} is not a readable file")
     raise CheckpointError(f"{directory} has no weights file ({', '.join(WEIGHT_FILES)})")
 
 
@@ -244,14 +288,17 @@ def load_pretrained(
     revision: a hub branch, tag or commit (default main). local_files_only: hub cache only (None: `HF_HUB_OFFLINE`).
     Returns the model in eval mode, its parameters in `dtype` on `device`.
     """
-    source = resolve_checkpoint(path, revision=revision, local_files_only=local_files_only)
-    weights = find_weights(source) if source.is_dir() else source
-    if not isinstance(config, XLMConfig):
-        config_path = Path(config) if config is not None else weights.parent / "config.json"
-        # A preset's name tells the objective: the local directory's, or the hub id (not the snapshot's folder).
-        name = str(weights.parent) if source == Path(path) else str(path)
-        try:
-            config = from_hf_config(config_path, name=name, objective=objective)
-        except ConfigError as err:
-            raise ConfigError(f"{config_path}: {err}") from None
-    return load_state_dict_into(config, read_state_dict(weights), dtype, device)
+    try:
+        source = resolve_checkpoint(path, revision=revision, local_files_only=local_files_only)
+        weights = find_weights(source) if source.is_dir() else source
+        if not isinstance(config, XLMConfig):
+            config_path = Path(config) if config is not None else weights.parent / "config.json"
+            # A preset's name tells the objective: the local directory's, or the hub id (not the snapshot's folder).
+            name = str(weights.parent) if source == Path(path) else str(path)
+            try:
+                config = from_hf_config(config_path, name=name, objective=objective)
+            except ConfigError as err:
+                raise ConfigError(str(err) if str(config_path) in str(err) else f"{config_path}: {err}") from None
+        return load_state_dict_into(config, read_state_dict(weights), dtype, device)
+    except OSError as err:  # an unreadable directory or file met on the way (a permission, a link loop)
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_error_message(err)}") from None

@@ -23,6 +23,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,8 @@ import torch
 
 from xlm import distributed
 from xlm.checkpoint import DTYPES, load_pretrained
-from xlm.errors import InputError, OneLineParser, XLMError
+from xlm.cliutil import OneLineParser, run_tool, usable_device
+from xlm.errors import InputError
 from xlm.generate import generate, left_pad
 from xlm.model import XLM
 from xlm.scoring import MaskFill, corpus_perplexity, fill_mask, rank_fillers, right_pad, token_logprobs
@@ -58,7 +60,7 @@ def load(args: argparse.Namespace) -> tuple[XLM, Tokenizer]:
         path: str | Path = synthetic_checkpoint(args.synthetic)
     else:
         path = args.model
-    device = distributed.local_device(_device(args.device))  # under torchrun: one GPU per process
+    device = distributed.local_device(usable_device(args.device))  # under torchrun: one GPU per process
     model = load_pretrained(path, dtype=DTYPES[args.dtype], device=device, objective=args.objective)
     if args.fast or getattr(args, "compile", False):
         from xlm.fast import optimize  # builds the CPU kernels on first use (~40 s, then cached)
@@ -66,17 +68,10 @@ def load(args: argparse.Namespace) -> tuple[XLM, Tokenizer]:
         optimize(model, compile_decoding=getattr(args, "compile", False))
     # Only fill-mask reads `<special1>` in its text; the original framing otherwise encodes `<...>` as text.
     specials = True if getattr(args, "parse_special_tokens", False) else None
-    tokenizer = Tokenizer.from_pretrained(args.tokenizer or path, preset=args.framing, parse_special_tokens=specials)
+    # A weights file (`--model DIR/model.safetensors`) has its tokenizer files beside it, as its config.json.
+    tokenizer_source = args.tokenizer or (Path(path).parent if Path(path).is_file() else path)
+    tokenizer = Tokenizer.from_pretrained(tokenizer_source, preset=args.framing, parse_special_tokens=specials)
     return model, tokenizer
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:  # a misspelt device, or no CUDA in this build / machine
-        raise InputError(f"device {name!r} is not usable here: {str(err).splitlines()[0]}") from None
-    return device
 
 
 def lang_id(model: XLM, lang: str) -> int:
@@ -283,6 +278,44 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 # --- Arguments ----------------------------------------------------------------------------------------------
 
+# Below this temperature, sampling is greedy decoding in all but name (a logit gap of 0.5 is odds of e^-50), and
+# logits / T overflows float32 once T < ~1e-36.
+MIN_TEMPERATURE = 0.01
+
+
+def text_argument(value: str) -> str:
+    """Text for the tokenizer: bytes that are not UTF-8 arrive as lone surrogates and would be tokenized as junk."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{os.fsencode(value)!r} is not valid UTF-8 text") from None
+    return value
+
+
+def temperature_argument(value: str) -> float:
+    """0 (greedy), or a finite temperature of at least MIN_TEMPERATURE."""
+    try:
+        temperature = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if temperature != 0 and not MIN_TEMPERATURE <= temperature < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"{value} is not 0 (greedy) nor a finite number >= {MIN_TEMPERATURE} (below it sampling is greedy "
+            "in all but name, and the scaled logits overflow)"
+        )
+    return temperature
+
+
+def seed_argument(value: str) -> int:
+    """A torch generator seed: an integer in 0 .. 2**64 - 1."""
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if not 0 <= seed < 2**64:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 .. 2**64 - 1 (a 64-bit seed)")
+    return seed
+
 
 def _common_options() -> argparse.ArgumentParser:
     """Options every verb takes: where the model is, how to run it, which language and framing."""
@@ -303,7 +336,7 @@ def _common_options() -> argparse.ArgumentParser:
         "--fast", action="store_true",
         help="faster CPU kernels on the same weights (xlm.fast: 2-2.5x faster decoding; results equal within 1e-5)",
     )  # fmt: skip
-    common.add_argument("--lang", default="en", help="language of the input text (default en)")
+    common.add_argument("--lang", default="en", type=text_argument, help="language of the input text (default en)")
     common.add_argument(
         "--framing", choices=FRAMINGS, default="original",
         help="original: </s> text </s>, cased as trained (default); transformers: <s> text </s>, hub lowercasing",
@@ -319,27 +352,36 @@ def build_parser() -> argparse.ArgumentParser:
     common = [_common_options()]
 
     gen = verbs.add_parser("generate", parents=common, help="continue prompts with a causal LM")
-    gen.add_argument("prompt", nargs="+", help="one or more prompts (batched, left-padded)")
-    gen.add_argument("--continue-lang", metavar="LANG", help="language of the generated tokens (default: --lang)")
+    gen.add_argument("prompt", nargs="+", type=text_argument, help="one or more prompts (batched, left-padded)")
+    gen.add_argument(
+        "--continue-lang", metavar="LANG", type=text_argument, help="language of the generated tokens (default: --lang)"
+    )
     gen.add_argument("--max-new-tokens", metavar="N", type=int, default=32, help="default 32")
-    gen.add_argument("--temperature", metavar="T", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument(
+        "--temperature", metavar="T", type=temperature_argument, default=0.0,
+        help=f"0 = greedy (default), else >= {MIN_TEMPERATURE}",
+    )  # fmt: skip
     gen.add_argument("--top-k", metavar="K", type=int, help="sample from the k most likely tokens")
     gen.add_argument("--top-p", metavar="P", type=float, help="sample from the most likely tokens holding mass p")
-    gen.add_argument("--seed", type=int, help="sampling seed (default: a random one, reported with --json)")
+    gen.add_argument(
+        "--seed", type=seed_argument, help="sampling seed, 0 .. 2**64-1 (default: a random one, reported with --json)"
+    )
     gen.add_argument(
         "--compile", action="store_true",
         help="--fast, and torch.compile the decode step of batches over 4 prompts (~15-40 s once, ~10%% faster)",
     )  # fmt: skip
 
     score = verbs.add_parser("score", parents=common, help="log-likelihood of sentences, perplexity of a file")
-    score.add_argument("text", nargs="*", help="sentences to score")
+    score.add_argument("text", nargs="*", type=text_argument, help="sentences to score")
     score.add_argument("--file", metavar="PATH", help="a text file, one sentence per line: its perplexity")
     score.add_argument("--batch-tokens", metavar="N", type=int, default=4096, help="padded tokens per batch (4096)")
 
     fill = verbs.add_parser("fill-mask", parents=common, help="fill <special1> (MLM) or rank fillers (CLM)")
-    fill.add_argument("text", help="a sentence with <special1> where the mask is")
+    fill.add_argument("text", type=text_argument, help="a sentence with <special1> where the mask is")
     fill.add_argument("--top-k", metavar="K", type=int, default=5, help="fillers per mask (default 5)")
-    fill.add_argument("--candidates", metavar="A,B,C", help="rank these fillers by sentence log-likelihood")
+    fill.add_argument(
+        "--candidates", metavar="A,B,C", type=text_argument, help="rank these fillers by sentence log-likelihood"
+    )
     fill.set_defaults(parse_special_tokens=True)  # the mask is written in the text
 
     for name, (_, help_text) in DELEGATED.items():
@@ -353,9 +395,4 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(DELEGATED[argv[0]][0])
         return module.main(argv[1:], prog=f"xlm {argv[0]}")
     args = build_parser().parse_args(argv)
-    try:
-        return VERBS[args.verb](args)
-    except XLMError as err:
-        message = " ".join(str(err).split("\n"))
-        print(f"xlm {args.verb}: error: {message}", file=sys.stderr)
-        return 2
+    return run_tool(f"xlm {args.verb}", lambda: VERBS[args.verb](args))

@@ -43,14 +43,7 @@ class XLMConfig:
     mask_id: int = 5  # <special1>: the MLM mask token
 
     def __post_init__(self) -> None:
-        if self.dim % self.n_heads:
-            raise ConfigError(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
-        if not self.languages:
-            raise ConfigError("a config needs at least one language")
-        if len(set(self.languages)) != len(self.languages):
-            raise ConfigError(f"duplicate language names in {self.languages}")
-        if self.objective not in (None, "clm", "mlm"):
-            raise ConfigError(f"objective must be 'clm', 'mlm' or None, not {self.objective!r}")
+        _validate(self)
 
     @property
     def head_dim(self) -> int:  # D
@@ -113,6 +106,55 @@ class XLMConfig:
             "lang_id": 0,
             "tie_word_embeddings": True,
         }
+
+
+# --- Validation: every field, with its allowed values --------------------------------------------------------
+
+MAX_LAYERS = 1000  # the largest XLM has 16; a bound keeps a corrupt config from building a million modules
+MAX_LANGUAGES = 10_000  # the largest has 100
+
+
+class ConfigFieldError(ConfigError):
+    """A field outside its allowed values; `from_hf_config` restates it under its config.json name."""
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        super().__init__(f"config {field}={value!r} is not allowed: it must be {allowed}")
+        self.field, self.value, self.allowed = field, value, allowed
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _require(config: XLMConfig, field: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigFieldError(field, getattr(config, field), allowed)
+
+
+def _validate(c: XLMConfig) -> None:
+    """Every field's type and range, in an order where each check can rely on the ones before it."""
+    _require(c, "vocab_size", _is_int(c.vocab_size) and c.vocab_size >= 1, "an integer >= 1")
+    _require(c, "dim", _is_int(c.dim) and c.dim >= 1, "an integer >= 1")
+    _require(c, "n_layers", _is_int(c.n_layers) and 1 <= c.n_layers <= MAX_LAYERS, f"an integer in 1..{MAX_LAYERS}")
+    _require(c, "n_heads", _is_int(c.n_heads) and c.n_heads >= 1, "an integer >= 1")
+    _require(c, "n_heads", c.dim % c.n_heads == 0, f"a divisor of dim={c.dim}")
+    names_ok = isinstance(c.languages, tuple) and all(isinstance(n, str) and n for n in c.languages)
+    _require(c, "languages", names_ok and 1 <= len(c.languages) <= MAX_LANGUAGES, "1 or more non-empty names")
+    _require(c, "languages", len(set(c.languages)) == len(c.languages), "distinct names")
+    _require(c, "use_lang_emb", isinstance(c.use_lang_emb, bool), "true or false")
+    _require(c, "objective", c.objective in (None, "clm", "mlm"), "'clm', 'mlm' or None")
+    _require(c, "max_positions", _is_int(c.max_positions) and c.max_positions >= 1, "an integer >= 1")
+    _require(c, "layer_norm_eps", _is_number(c.layer_norm_eps) and c.layer_norm_eps > 0, "a finite number > 0")
+    for field in ("dropout", "attention_dropout"):
+        value = getattr(c, field)
+        _require(c, field, _is_number(value) and 0 <= value < 1, "a number in [0, 1)")
+    for field in ("bos_id", "eos_id", "pad_id", "unk_id", "mask_id"):
+        value = getattr(c, field)
+        _require(c, field, _is_int(value) and 0 <= value < c.vocab_size, f"a token id in 0..{c.vocab_size - 1}")
 
 
 # --- Presets ------------------------------------------------------------------------------------------------
@@ -199,36 +241,51 @@ def from_hf_config(
         raise ConfigError("config lacks emb_dim, n_layers or n_heads: not an XLM config")
     if "hidden_dim" in values and values["hidden_dim"] != 4 * values["emb_dim"]:
         raise ConfigError(f"hidden_dim {values['hidden_dim']} is not 4 * emb_dim: not an XLM FFN")
-    config = XLMConfig(
-        vocab_size=_int(values, "vocab_size", 30145),
-        dim=_int(values, "emb_dim"),
-        n_layers=_int(values, "n_layers"),
-        n_heads=_int(values, "n_heads"),
-        languages=_languages(values),
-        use_lang_emb=bool(values.get("use_lang_emb", True)),
-        objective=objective or _objective(values, name),
-        max_positions=_int(values, "max_position_embeddings", 512),
-        layer_norm_eps=float(values.get("layer_norm_eps", 1e-12)),
-        dropout=float(values.get("dropout", 0.1)),
-        attention_dropout=float(values.get("attention_dropout", 0.1)),
-        bos_id=_int(values, "bos_token_id", 0),
-        eos_id=_int(values, "eos_token_id", 1),
-        pad_id=_int(values, "pad_token_id", 2),
-        unk_id=_int(values, "unk_index", 3),
-        mask_id=_int(values, "mask_index", 5),
-    )
-    if not (math.isfinite(config.layer_norm_eps) and config.layer_norm_eps > 0):
-        raise ConfigError(f"config layer_norm_eps={config.layer_norm_eps!r} is not a positive number")
-    return config
+    fields = {
+        "vocab_size": values.get("vocab_size", 30145),
+        "dim": values["emb_dim"],
+        "n_layers": values["n_layers"],
+        "n_heads": values["n_heads"],
+        "languages": _languages(values),
+        "use_lang_emb": values.get("use_lang_emb", True),
+        "objective": objective or _objective(values, name),
+        "max_positions": values.get("max_position_embeddings", 512),
+        "layer_norm_eps": values.get("layer_norm_eps", 1e-12),
+        "dropout": values.get("dropout", 0.1),
+        "attention_dropout": values.get("attention_dropout", 0.1),
+        "bos_id": values.get("bos_token_id", 0),
+        "eos_id": values.get("eos_token_id", 1),
+        "pad_id": values.get("pad_token_id", 2),
+        "unk_id": values.get("unk_index", 3),
+        "mask_id": values.get("mask_index", 5),
+    }
+    try:
+        return XLMConfig(**fields)
+    except ConfigFieldError as err:  # restated under the name config.json uses
+        raise ConfigFieldError(_HF_NAMES.get(err.field, err.field), err.value, err.allowed) from None
+
+
+# XLMConfig's field -> the config.json key it is read from, where the two differ.
+_HF_NAMES = {
+    "dim": "emb_dim", "languages": "lang2id/id2lang", "max_positions": "max_position_embeddings",
+    "bos_id": "bos_token_id", "eos_id": "eos_token_id", "pad_id": "pad_token_id", "unk_id": "unk_index",
+    "mask_id": "mask_index",
+}  # fmt: skip
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
+        if path.exists() and not path.is_file():  # a directory, or a FIFO that a read would wait on forever
+            raise ConfigError(f"cannot read config {path}: not a regular file")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"no config file at {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"cannot read config {path}: {err}") from None
+    except RecursionError:  # `[[[[...` nested deeper than the parser's stack
+        raise ConfigError(f"cannot read config {path}: nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} is not a JSON object")
     return data
@@ -247,31 +304,51 @@ def _canonical_keys(hf: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _int(values: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = values.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"config {key}={value!r} is not a non-negative integer")
-    return value
-
-
 def _languages(values: dict[str, Any]) -> tuple[str, ...]:
     """Language names in id order, from `lang2id`/`id2lang`.
 
     A config that names none: one language is taken to be English (as transformers' tokenizer assumes, and as
     xlm-mlm-en-2048 is); several are called `lang0`, `lang1`, ...
     """
-    n_langs = _int(values, "n_langs", 1)
-    lang2id = values.get("lang2id")
-    id2lang = values.get("id2lang")
+    n_langs = values.get("n_langs", 1)
+    if not (_is_int(n_langs) and 1 <= n_langs <= MAX_LANGUAGES):
+        raise ConfigError(f"config n_langs={n_langs!r} is not allowed: it must be an integer in 1..{MAX_LANGUAGES}")
+    lang2id = _lang2id(values.get("lang2id"))
+    id2lang = _id2lang(values.get("id2lang"))
     if lang2id is None and id2lang is not None:
-        lang2id = {name: int(i) for i, name in id2lang.items()}
+        lang2id = {name: i for i, name in id2lang.items()}
     if lang2id is None:
         return ("en",) if n_langs == 1 else tuple(f"lang{i}" for i in range(n_langs))
-    if id2lang is not None and {int(i): n for i, n in id2lang.items()} != {i: n for n, i in lang2id.items()}:
+    if id2lang is not None and id2lang != {i: n for n, i in lang2id.items()}:
         raise ConfigError("config's id2lang and lang2id disagree")
     if sorted(lang2id.values()) != list(range(n_langs)):
         raise ConfigError(f"config's lang2id {lang2id} does not number n_langs={n_langs} languages from 0")
     return tuple(sorted(lang2id, key=lang2id.__getitem__))
+
+
+def _lang2id(value: Any) -> dict[str, int] | None:
+    """`lang2id` as written: an object of language name -> integer id."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k and _is_int(i) for k, i in value.items()):
+        raise ConfigError(f"config lang2id={value!r} is not allowed: it must be an object of name -> integer id")
+    return value
+
+
+def _id2lang(value: Any) -> dict[int, str] | None:
+    """`id2lang` as written: an object whose keys are integer ids (JSON makes them strings) and values names."""
+    if value is None:
+        return None
+    allowed = "an object of integer id -> name"
+    if not isinstance(value, dict):
+        raise ConfigError(f"config id2lang={value!r} is not allowed: it must be {allowed}")
+    id2lang = {}
+    for key, name in value.items():
+        is_id = _is_int(key) or (isinstance(key, str) and key.isascii() and key.isdigit())
+        if not is_id or not isinstance(name, str) or not name:
+            raise ConfigError(f"config id2lang has {key!r}: {name!r}, not allowed: it must be {allowed}")
+        id2lang[int(key)] = name
+    return id2lang
 
 
 def _objective(values: dict[str, Any], name: str | None) -> Objective | None:

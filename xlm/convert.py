@@ -19,32 +19,27 @@ allocates data and calls nothing else, and the trainer stores numpy values in `p
 else the file asks for (a class, a function) is refused: a pickle can name any callable, and a plain `torch.load`
 would call it. There is deliberately no option to unpickle anyway (docs/checkpoints.md says why).
 
-Every output directory is written into a temporary sibling and renamed into place at the end, so an interrupted
-run leaves nothing under the final name; inputs are only read.
+The output directory is written through `xlm.files.atomic_directory`: complete or absent, never an input nor a
+folder holding one, one writer at a time; inputs are only read.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
-import shutil
-import sys
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from xlm.bpe import piece_from_fastbpe
 from xlm.checkpoint import checkpoint_name, convert_state_dict, load_state_dict_into, map_key, torch_load_weights_only
+from xlm.cliutil import OneLineParser, run_tool
 from xlm.config import XLMConfig, from_hf_config
-from xlm.errors import CheckpointError, ConfigError, OneLineParser, XLMError
+from xlm.errors import CheckpointError, ConfigError
+from xlm.files import atomic_directory, write_json, write_safetensors
 from xlm.synthetic import SPECIAL_TOKENS
 
 try:  # numpy >= 2
@@ -198,55 +193,6 @@ def read_codes(path: Path) -> bytes:
     return data if data.endswith(b"\n") or not data else data + b"\n"
 
 
-# --- Writing ------------------------------------------------------------------------------------------------
-
-
-def write_safetensors(tensors: Mapping[str, Tensor], path: Path) -> None:
-    """A `model.safetensors` whose bytes depend on the tensors only: same input, same file.
-
-    safetensors orders the entries itself; contiguous copies keep views and shared storage out of the file,
-    and the metadata is fixed (transformers only reads `format`).
-    """
-    save_file({key: tensors[key].contiguous() for key in sorted(tensors)}, str(path), metadata={"format": "pt"})
-
-
-def write_json(path: Path, data: Any, sort_keys: bool = False) -> None:
-    """JSON as transformers writes it: indent 2, ASCII escapes, a final newline."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
-
-
-@contextmanager
-def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
-    """An empty temporary sibling of `final` to write into; renamed to `final` when the block succeeds.
-
-    On any other exit from the block (an error, Ctrl-C) the temporary directory is deleted, so `final` either
-    does not exist or is complete. A process killed outright leaves its `.NAME.partial-*` (or, while replacing,
-    `.NAME.old-*`) sibling behind; the next run for the same `final` deletes it. An existing `final` is an error
-    unless `replace`.
-    """
-    if final.exists() and not replace:
-        raise CheckpointError(f"{final} already exists; pass --force to replace it")
-    if final.exists() and not final.is_dir():
-        raise CheckpointError(f"{final} exists and is not a directory")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for kind in ("partial", "old"):
-        for stale in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()  # with the umask's permissions, which the final directory keeps (mkdtemp's would be 0700)
-    try:
-        yield tmp
-        if final.exists():  # replace: move the old one aside first, so that a failure keeps one of the two
-            old = tmp.with_name(tmp.name.replace(".partial-", ".old-"))
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a successful rename
-
-
 # --- The conversion -----------------------------------------------------------------------------------------
 
 
@@ -258,7 +204,10 @@ def convert_original(checkpoint: str | Path, codes: str | Path, out_dir: str | P
     is written: the config is validated, every tensor's name and shape must match it. Returns `out_dir`.
     """
     checkpoint, codes, out_dir = Path(checkpoint), Path(codes), Path(out_dir)
-    with atomic_directory(out_dir, replace=force) as tmp:
+    for path in (checkpoint, codes):  # a device (/dev/zero) or a pipe would be read forever
+        if path.exists() and not path.is_file():
+            raise CheckpointError(f"{path} is not a regular file")
+    with atomic_directory(out_dir, replace=force, inputs=(checkpoint, codes)) as tmp:
         original = read_original(checkpoint)
         vocab = vocab_from_dictionary(original["dico_id2word"], original["dico_word2id"])
         config, hf_config = config_from_params(original["params"], len(vocab), name=out_dir.name)
@@ -286,12 +235,12 @@ def build_parser(prog: str = "convert_original") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "convert_original") -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        out = convert_original(args.checkpoint, args.codes, args.out, force=args.force)
-        config = from_hf_config(out / "config.json", name=out.name)
-    except XLMError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+    return run_tool(prog, lambda: _convert_and_report(args))
+
+
+def _convert_and_report(args: argparse.Namespace) -> int:
+    out = convert_original(args.checkpoint, args.codes, args.out, force=args.force)
+    config = from_hf_config(out / "config.json", name=out.name)
     print(
         f"{out}: {config.n_layers} layers, dim {config.dim}, {config.vocab_size} words, "
         f"languages {' '.join(config.languages)}, objective {config.objective or 'unknown'}"

@@ -21,17 +21,19 @@ import json
 import logging
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants
 from tqdm.auto import tqdm
 
 from xlm.checkpoint import load_state_dict_into, read_state_dict, read_torch_pickle
+from xlm.cliutil import OneLineParser, run_tool
 from xlm.config import from_hf_config
-from xlm.convert import atomic_directory, transformers_state_dict, write_json, write_safetensors
-from xlm.errors import CheckpointError, OneLineParser, XLMError
+from xlm.convert import transformers_state_dict
+from xlm.errors import CheckpointError
+from xlm.files import atomic_directory, write_json, write_safetensors
 from xlm.hub import CONFIG_FILE, TOKENIZER_FILES, WEIGHT_FILES, HubSnapshot, hub_repo_id, shard_files
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,8 @@ def download(
         logger.info("%s is complete and matches its manifest", final)
         return final
     hub = HubSnapshot(repo_id, revision, cache_dir, local_files_only)
-    with atomic_directory(final, replace=force) as tmp:
+    cache = Path(cache_dir or constants.HF_HUB_CACHE)  # read from: the output may not hold it
+    with atomic_directory(final, replace=force, inputs=[cache]) as tmp:
         files = _fetch(hub)
         converted = _copy(files, tmp, progress)
         _check_weights(tmp)
@@ -205,15 +208,15 @@ def build_parser(prog: str = "download_weights") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "download_weights") -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        directory = download(
-            args.name, args.out, revision=args.revision, cache_dir=args.cache_dir,
-            local_files_only=True if args.offline else None, force=args.force, progress=not args.quiet,
-        )  # fmt: skip
-        manifest = read_manifest(directory)
-    except XLMError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+    return run_tool(prog, lambda: _download_and_report(args))
+
+
+def _download_and_report(args: argparse.Namespace) -> int:
+    directory = download(
+        args.name, args.out, revision=args.revision, cache_dir=args.cache_dir,
+        local_files_only=True if args.offline else None, force=args.force, progress=not args.quiet,
+    )  # fmt: skip
+    manifest = read_manifest(directory)
     size = sum(entry["size"] for entry in manifest["files"].values())
     print(f"{directory}: {manifest['source']} at {manifest['commit']}, {len(manifest['files'])} files, {size:,} bytes")
     return 0

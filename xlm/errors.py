@@ -1,10 +1,8 @@
 """The project's exceptions: every expected failure is one of these, with a one-line message.
 
-Callers (the CLI, the scripts) catch `XLMError` and print its message; anything else is a bug. Their argument
-parsers (`OneLineParser`) keep the same contract: one line on stderr, exit code 2.
+Callers (the CLI, the scripts) catch `XLMError` and print its message; anything else is a bug
+(xlm/cliutil.py: one line on stderr, exit code 2).
 """
-
-import argparse
 
 
 class XLMError(Exception):
@@ -25,10 +23,3 @@ class TokenizerError(XLMError):
 
 class InputError(XLMError):
     """Model inputs that the model cannot take: ids or languages out of range, too many positions."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr and exit code 2, not a usage dump."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")

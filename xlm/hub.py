@@ -24,10 +24,18 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download, is_offline_mode, try_to_load_from_cache
+from huggingface_hub import (
+    constants,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    is_offline_mode,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
@@ -45,6 +53,13 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 TOKENIZER_OPTIONAL_FILES = ("tokenizer_config.json",)  # languages and lowercasing; transformers has defaults
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+# One request without retries, before the first download: huggingface_hub retries a refused connection 5 times
+# over ~25 s. A hub that does not answer within this many seconds is taken to be out of reach.
+PROBE_TIMEOUT_S = 5.0
+OFFLINE_HINT = (
+    "to work offline, set HF_HUB_OFFLINE=1 with the files in the hub cache, pass a local checkpoint directory, "
+    "or try --synthetic PRESET"
+)
 _said_pickle = False  # the weights-only notice is given once per process
 
 
@@ -117,19 +132,33 @@ def resolve_tokenizer(
     )  # fmt: skip
 
 
+def read_weight_map(index: Path) -> dict[str, str]:
+    """A `model.safetensors.index.json`'s `weight_map`: tensor name -> shard file name (a plain name, no path)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"cannot read shard index {index}: {err}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"shard index {index}: weight_map is not an object of tensor name -> shard file")
+    for shard in set(weight_map.values()):
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"shard index {index} names {shard!r}: a shard must be a file beside the index")
+    return weight_map
+
+
 def shard_files(index: Path) -> list[str]:
     """The shard file names that a `model.safetensors.index.json` points to."""
-    try:
-        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"cannot read shard index {index}: {err}") from None
+    return sorted(set(read_weight_map(index).values()))
 
 
 def _existing_path(name_or_path: str | Path, revision: str | None) -> Path | None:
     """`name_or_path` as a local path if it exists: a local path always wins over a hub id."""
     local = Path(name_or_path)
-    if not local.exists():
-        return None
+    try:
+        if not local.exists():
+            return None
+    except OSError as err:  # a parent directory that cannot be searched: the path is local, and unreadable
+        raise CheckpointError(f"cannot read {local}: {err.strerror or err}") from None
     if revision is not None:
         raise CheckpointError(f"{local} is a local path; a revision ({revision!r}) only applies to hub ids")
     return local
@@ -149,6 +178,8 @@ class HubSnapshot:
         self.cache_dir = cache_dir
         self.offline = is_offline_mode() if local_files_only is None else local_files_only
         self.directory: Path | None = None
+        self.probed = False  # online: whether the hub has been asked if it answers (`_probe`)
+        self.unreachable: str | None = None  # why the hub is taken to be out of reach
         try:
             validate_repo_id(self.repo_id)
         except HFValidationError:
@@ -160,6 +191,9 @@ class HubSnapshot:
         if path is None:
             if not required:
                 return None
+            if self.unreachable:
+                what = self._what(filename)
+                raise CheckpointError(f"{what} is not in the hub cache and {self.unreachable}; {OFFLINE_HINT}")
             if self.offline:
                 raise CheckpointError(f"{self._what(filename)} is not in the hub cache, and downloads are off")
             raise CheckpointError(f"{self.repo_id} has no file {filename} at revision {self.requested}")
@@ -179,8 +213,28 @@ class HubSnapshot:
         found = try_to_load_from_cache(self.repo_id, filename, cache_dir=self.cache_dir, revision=self.revision)
         return Path(found) if isinstance(found, str) else None
 
+    def _probe(self, filename: str) -> None:
+        """Ask the hub once, without retries, whether it answers; if not, read the cache from now on.
+
+        A file the cache lacks is then a one-line error at once, saying how to work offline, instead of
+        huggingface_hub's ~25 s of retries and warnings before the same conclusion.
+        """
+        self.probed = True
+        url = hf_hub_url(self.repo_id, filename, revision=self.revision)
+        try:
+            get_hf_file_metadata(url, timeout=PROBE_TIMEOUT_S)
+        except HfHubHTTPError:
+            return  # the hub answered (401, 404, ...): the download below explains the answer
+        except Exception as err:  # no answer: refused, DNS, timeout, proxy (the HTTP client's types vary by version)
+            self.offline = True
+            self.unreachable = f"{constants.ENDPOINT} did not answer ({str(err).splitlines()[0] or type(err).__name__})"
+
     def _download(self, filename: str) -> Path | None:
         """Online: the cached file if it is current, else a download; None for a file the repository lacks."""
+        if not self.probed:
+            self._probe(filename)
+            if self.offline:
+                return self._from_cache(filename)
         try:
             path = hf_hub_download(self.repo_id, filename, revision=self.revision, cache_dir=self.cache_dir)
         except LocalEntryNotFoundError:  # raised when the hub is unreachable and the file is not cached

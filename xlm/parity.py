@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from xlm.checkpoint import DTYPES, load_pretrained
+from xlm.cliutil import OneLineParser, run_tool, usable_device
 from xlm.config import PRESETS
-from xlm.errors import OneLineParser, XLMError
+from xlm.errors import XLMError
 from xlm.model import XLM
 from xlm.synthetic import import_transformers, save_synthetic_checkpoint
 
@@ -214,6 +215,9 @@ def text_batch(args: argparse.Namespace, path: Path, ours: XLM) -> tuple[Batch, 
 def run(args: argparse.Namespace) -> int:
     if args.batch < 1 or not 1 <= args.seq <= 512:
         raise XLMError(f"--batch must be >= 1 and --seq in 1..512, got {args.batch} x {args.seq}")
+    usable_device(args.device)  # a device this machine lacks is a one-line error, before any loading
+    if args.json and not Path(args.json).parent.is_dir():  # found before the run, not after its table
+        raise XLMError(f"--json {args.json}: no directory {Path(args.json).parent} to write it in")
     text = None
     with ExitStack() as stack:
         path, label = checkpoint_path(args, stack)
@@ -259,8 +263,4 @@ def write_json(path: str, ok: bool, reports: list[ModeReport], text: TextReport 
 
 def main(argv: list[str] | None = None, prog: str = "parity_check") -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        return run(args)
-    except XLMError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+    return run_tool(prog, lambda: run(args))
