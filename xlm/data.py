@@ -185,6 +185,9 @@ def prepare(
     out_dir = Path(out_dir)
     if (out_dir / split).exists() and not force:
         raise DataError(f"{out_dir / split} already exists; pass force=True (--force) to replace it")
+    for sibling in sorted(out_dir.glob(f"*/{HEADER_FILE}")) if out_dir.is_dir() else []:
+        if sibling.parent.name != split and _read_header(sibling.parent)["vocab_hash"] != vocab_hash(tokenizer):
+            raise DataError(f"{sibling.parent} was prepared with another vocabulary: one directory, one vocabulary")
     header = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
