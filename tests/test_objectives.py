@@ -17,7 +17,15 @@ import torch
 from xlm.checkpoint import load_pretrained, map_key
 from xlm.data import Corpus, PairBatches, ParallelCorpus, StreamBatches, TrainBatch
 from xlm.errors import InputError
-from xlm.objectives import IGNORE, clm_loss, mask_batch, mask_for_mlm, mlm_loss, smoothed_selection_weights
+from xlm.objectives import (
+    IGNORE,
+    clm_loss,
+    mask_batch,
+    mask_for_mlm,
+    mlm_loss,
+    predicted_tokens,
+    smoothed_selection_weights,
+)
 
 LOSS_TOL = 1e-6  # fp32, on a loss of ~6 nats: a few ulps of the mean
 GRAD_TOL = 1e-5  # fp32, relative to the gradient's norm: summation order differs between the two models
@@ -113,7 +121,7 @@ def test_mlm_loss_masks_with_a_generator_and_the_models_mask_id(tiny_checkpoint)
     drawn = mlm_loss(ours, batch, torch.Generator().manual_seed(5))
     masked = mask_batch(batch, torch.Generator().manual_seed(5), mask_id=ours.config.mask_id, vocab_size=512)
     assert torch.equal(drawn[0], mlm_loss(ours, masked)[0]) and drawn[1] == mlm_loss(ours, masked)[1]
-    with pytest.raises(InputError, match="generator"):
+    with pytest.raises(InputError, match="no MLM mask"):
         mlm_loss(ours, batch)
 
 
@@ -253,3 +261,23 @@ def test_bad_keep_rand_chances_are_an_input_error():
     ids, mask = padded_rows(2, 8, seed=6)
     with pytest.raises(InputError, match="word_mask_keep_rand"):
         mask_for_mlm(ids, mask, torch.Generator(), mask_id=5, vocab_size=V, word_mask_keep_rand=(0.8, 0.2))
+
+
+@pytest.mark.parametrize("objective", ["clm", "tlm"])
+def test_summed_losses_of_row_shares_divided_by_the_global_count_are_the_global_mean(objective, tiny_checkpoint):
+    """Gradient accumulation and data parallelism: the rows of a global batch in parts, each part's summed loss
+    divided by the whole batch's count (predicted_tokens), add up to the mean over the whole batch."""
+    model = load_pretrained(tiny_checkpoint("xlm-clm-enfr-1024"))
+    pairs = ParallelCorpus(("en", "fr"), random_corpus("en", 12, V, seed=6), random_corpus("fr", 12, V, seed=7))
+    batch = PairBatches(pairs, lang_ids=(0, 1), eos_id=1, pad_id=2, batch_size=6, seed=0).next_batch()
+    if objective == "clm":
+        loss, causal = clm_loss, True
+    else:
+        batch = mask_batch(batch, torch.Generator().manual_seed(2), mask_id=MASK_ID, vocab_size=V)
+        loss, causal = mlm_loss, False
+    total, count = loss(model, batch)
+    assert count == predicted_tokens(batch, causal=causal) > 0
+    parts = [batch.rows(0, 1), batch.rows(1, 4), batch.rows(4, len(batch))]
+    assert sum(predicted_tokens(p, causal=causal) for p in parts) == count
+    accumulated = sum(loss(model, part)[0] / count for part in parts)
+    assert abs(accumulated.item() - (total / count).item()) <= LOSS_TOL

@@ -400,6 +400,8 @@ class StreamBatches:
     ):
         if batch_size < 1 or bptt < 2:
             raise DataError(f"stream batches need batch_size >= 1 and bptt >= 2, got {batch_size} and {bptt}")
+        if len(corpus) == 0:
+            raise DataError(f"the {corpus.lang} corpus has no sentences: no stream batches")
         stream = corpus.stream(eos_id)  # (N + n,)
         self.n_windows = math.ceil(len(stream) / (batch_size * bptt))
         buffer = np.full(self.n_windows * bptt * batch_size, eos_id, dtype=stream.dtype)
