@@ -391,3 +391,16 @@ def test_xlm_prepare_bad_input_is_one_line_and_exit_2(
     assert len(lines) == 1 and lines[0].startswith("xlm prepare: error: "), done.stderr
     assert re.search(message, lines[0]), lines[0]
     assert done.stdout == ""
+
+
+def test_the_tlm_row_of_docs_training_md_on_the_real_vocabulary(enfr_tokenizer_dir):
+    """The picture in docs/training.md: ids, positions and languages of an en-fr row (padding aside)."""
+    tokenizer = Tokenizer.from_pretrained(enfr_tokenizer_dir, preset="original")
+    en = tokenizer.encode("The cat is black.", "en", add_special_tokens=False)
+    fr = tokenizer.encode("Le chat est noir.", "fr", add_special_tokens=False)
+    row = concat_pairs([en], [fr], (0, 1), eos_id=EOS, pad_id=PAD)
+    assert row.input_ids.tolist() == [[1, 30, 6127, 29, 985, 15, 1, 1, 112, 5890, 61, 6342, 15, 1]]
+    assert row.positions.tolist() == [[0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6]]
+    assert row.langs.tolist() == [[0] * 7 + [1] * 7]
+    doc = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    assert "ids        1    30  6127       29 985   15 1    1    112 5890       61  6342 15 1    2" in doc
