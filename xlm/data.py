@@ -54,7 +54,7 @@ BLOCK_LINES = 100_000  # lines tokenized per call: bounds the memory of a large 
 # --- Prepared corpora ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays/tensors: no field-wise ==
 class Corpus:
     """One language's sentences: ids (N,) of all sentences back to back, offsets (n+1,) int64.
 
@@ -96,7 +96,7 @@ class Corpus:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays/tensors: no field-wise ==
 class ParallelCorpus:
     """Two line-aligned corpora: `first.sentence(i)` (in langs[0]) translates `second.sentence(i)`."""
 
@@ -112,7 +112,7 @@ class ParallelCorpus:
         return ParallelCorpus((self.langs[1], self.langs[0]), self.second, self.first)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays/tensors: no field-wise ==
 class PreparedData:
     """One split of a prepared directory: its monolingual corpora and pairs, memory-mapped."""
 
@@ -322,6 +322,9 @@ def _read_header(directory: Path) -> dict:
     missing = [k for k in ("vocab_hash", "vocab_size", "dtype", "mono", "para") if k not in header]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}")
+    names = [*header["mono"], *(lang for pair in header["para"] for lang in pair.split("-"))]
+    if not all(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+", name) for name in names):
+        raise DataError(f"{path} names a corpus that is not a language or a pair of languages")
     return header
 
 
@@ -349,7 +352,7 @@ def _map_array(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
 # --- Batches ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays/tensors: no field-wise ==
 class TrainBatch:
     """Model inputs for one step, all (B, T) tensors, passed as `model(b.input_ids, b.langs, positions=..., ...)`.
 
@@ -410,6 +413,7 @@ class StreamBatches:
         self.streams = np.concatenate([first, buffer.reshape(batch_size, -1)], axis=1)  # (bs, n_windows*bptt + 1)
         self.lang_id, self.batch_size, self.bptt, self.seed = lang_id, batch_size, bptt, seed
         self.epoch, self.index = 0, 0
+        self._order, self._order_epoch = np.empty(0, dtype=np.int64), -1  # this epoch's window order, once drawn
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -418,16 +422,17 @@ class StreamBatches:
     def window(self, i: int) -> TrainBatch:
         """Window i: tokens i*bptt .. (i+1)*bptt - 1 of every stream, positions 0..bptt-1, one language."""
         ids = torch.from_numpy(self.streams[:, i * self.bptt : (i + 1) * self.bptt].astype(np.int64))  # (B, bptt)
-        positions = torch.arange(self.bptt).expand_as(ids)
+        positions = torch.arange(self.bptt).repeat(len(ids), 1)  # (B, bptt)
         return TrainBatch(ids, torch.full_like(ids, self.lang_id), positions, torch.ones_like(ids, dtype=torch.bool))
 
     def next_batch(self) -> TrainBatch:
         """The next global batch: deterministic from the seed and the number of batches drawn so far."""
         if self.index == self.n_windows:
             self.epoch, self.index = self.epoch + 1, 0
-        order = _epoch_permutation(self.seed, self.epoch, self.n_windows)
+        if self._order_epoch != self.epoch:
+            self._order, self._order_epoch = _epoch_permutation(self.seed, self.epoch, self.n_windows), self.epoch
         self.index += 1
-        return self.window(int(order[self.index - 1]))
+        return self.window(int(self._order[self.index - 1]))
 
     def eval_batches(self) -> Iterator[TrainBatch]:
         """Every window once, in order (the original's evaluation iterator); leaves the position unchanged."""
@@ -439,6 +444,7 @@ class StreamBatches:
     def load_state_dict(self, state: dict) -> None:
         _check_state(state, "stream", self._shape())
         self.seed, self.epoch, self.index = state["seed"], state["epoch"], state["index"]
+        self._order_epoch = -1
 
     def _shape(self) -> list[int]:
         return [self.n_windows, self.batch_size, self.bptt]

@@ -95,6 +95,11 @@ def mask_for_mlm(
     staying, or becoming a uniformly random id of the whole vocabulary. Random draws come from `generator`
     (on its device); the results are on input_ids' device.
     """
+    probs = torch.tensor(word_mask_keep_rand, dtype=torch.float, device=generator.device)
+    if probs.shape != (3,) or probs.min() < 0 or probs.sum() <= 0:
+        raise InputError(f"word_mask_keep_rand must be 3 chances (mask, keep, random), got {word_mask_keep_rand}")
+    if not 0 <= word_pred <= 1:
+        raise InputError(f"word_pred is a fraction of the positions, got {word_pred}")
     device = generator.device
     ids = input_ids.to(device)
     B, T = ids.shape
@@ -112,9 +117,6 @@ def mask_for_mlm(
         predicted = predicted.view(B, T)  # (B * T,) -> (B, T)
 
     originals = ids[predicted]  # (P,)
-    probs = torch.tensor(word_mask_keep_rand, dtype=torch.float, device=device)
-    if probs.shape != (3,) or probs.min() < 0 or probs.sum() <= 0:
-        raise InputError(f"word_mask_keep_rand must be 3 chances (mask, keep, random), got {word_mask_keep_rand}")
     u = torch.rand(originals.shape, generator=generator, device=device) * probs.sum()
     kind = torch.searchsorted(probs.cumsum(0), u, right=True).clamp(max=2)  # (P,): 0 mask, 1 keep, 2 random
     random_ids = torch.randint(vocab_size, originals.shape, generator=generator, device=device)
