@@ -166,28 +166,8 @@ def prepare(
     workers: tokenizer processes. force: replace an existing `out_dir/split`.
     The split directory appears complete or not at all (written aside, then renamed).
     """
-    mono, para = dict(mono or {}), dict(para or {})
-    if not mono and not para:
-        raise DataError("nothing to prepare: give monolingual files and/or parallel pairs")
-    _check_name(split, "split")
-    if tokenizer.preset != "original":
-        raise DataError("prepare tokenizes as XLM's training did: load the tokenizer with preset='original'")
-    for lang in [*mono, *(lang for pair in para for lang in pair)]:
-        _check_language(tokenizer, lang)
-    for (l1, l2), (path1, path2) in para.items():
-        if l1 == l2:
-            raise DataError(f"a parallel pair needs two different languages, got {l1}-{l2}")
-        n1, n2 = _count_lines(path1), _count_lines(path2)
-        if n1 != n2:
-            raise DataError(f"{path1} has {n1} lines but {path2} has {n2}: parallel files must be line-aligned")
-    for path in [*mono.values(), *(p for pair in para.values() for p in pair)]:
-        _count_lines(path)  # a missing or empty file fails now, before any tokenization
-    out_dir = Path(out_dir)
-    if (out_dir / split).exists() and not force:
-        raise DataError(f"{out_dir / split} already exists; pass force=True (--force) to replace it")
-    for sibling in sorted(out_dir.glob(f"*/{HEADER_FILE}")) if out_dir.is_dir() else []:
-        if sibling.parent.name != split and _read_header(sibling.parent)["vocab_hash"] != vocab_hash(tokenizer):
-            raise DataError(f"{sibling.parent} was prepared with another vocabulary: one directory, one vocabulary")
+    mono, para, out_dir = dict(mono or {}), dict(para or {}), Path(out_dir)
+    _check_sources(out_dir, tokenizer, mono, para, split, force)
     header = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -211,6 +191,30 @@ def prepare(
             }
         (tmp / HEADER_FILE).write_text(json.dumps(header, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out_dir
+
+
+def _check_sources(out_dir: Path, tokenizer: Tokenizer, mono: dict, para: dict, split: str, force: bool) -> None:
+    """Everything that can be checked before tokenizing: names, languages, files, line counts, the directory."""
+    if not mono and not para:
+        raise DataError("nothing to prepare: give monolingual files and/or parallel pairs")
+    _check_name(split, "split")
+    if tokenizer.preset != "original":
+        raise DataError("prepare tokenizes as XLM's training did: load the tokenizer with preset='original'")
+    for lang in [*mono, *(lang for pair in para for lang in pair)]:
+        _check_language(tokenizer, lang)
+    for (l1, l2), (path1, path2) in para.items():
+        if l1 == l2:
+            raise DataError(f"a parallel pair needs two different languages, got {l1}-{l2}")
+        n1, n2 = _count_lines(path1), _count_lines(path2)
+        if n1 != n2:
+            raise DataError(f"{path1} has {n1} lines but {path2} has {n2}: parallel files must be line-aligned")
+    for path in mono.values():
+        _count_lines(path)  # a missing, empty or non-UTF-8 file fails now, not after hours of tokenizing
+    if (out_dir / split).exists() and not force:
+        raise DataError(f"{out_dir / split} already exists; pass force=True (--force) to replace it")
+    for sibling in sorted(out_dir.glob(f"*/{HEADER_FILE}")) if out_dir.is_dir() else []:
+        if sibling.parent.name != split and _read_header(sibling.parent)["vocab_hash"] != vocab_hash(tokenizer):
+            raise DataError(f"{sibling.parent} was prepared with another vocabulary: one directory, one vocabulary")
 
 
 def _write_corpus(stem: Path, tokenizer: Tokenizer, lang: str, path: Path, workers: int) -> dict:
@@ -261,7 +265,7 @@ def _count_lines(path: str | Path) -> int:
         with _open_text(Path(path)) as f:
             count = sum(1 for _ in f)
     except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+        raise DataError(f"{path} is not UTF-8 text ({err.reason})") from None
     if count == 0:
         raise DataError(f"{path} is empty: nothing to prepare")
     return count
