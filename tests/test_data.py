@@ -70,7 +70,7 @@ def test_tlm_rows_restart_positions_and_switch_language_at_the_second_sentence()
     ]
     assert rows.positions.tolist() == [
         [0, 1, 2, 3, 0, 1, 2, 3, 4],
-        [0, 1, 2, 0, 1, 2, 3, 4, 5],
+        [0, 1, 2, 0, 1, 2, 0, 0, 0],
     ]
     assert rows.langs.tolist() == [
         [0, 0, 0, 0, 1, 1, 1, 1, 1],

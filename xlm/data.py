@@ -410,6 +410,7 @@ class StreamBatches:
         if len(corpus) == 0:
             raise DataError(f"the {corpus.lang} corpus has no sentences: no stream batches")
         stream = corpus.stream(eos_id)  # (N + n,)
+        self.n_tokens = len(stream)  # ids and </s> separators
         self.n_windows = math.ceil(len(stream) / (batch_size * bptt))
         buffer = np.full(self.n_windows * bptt * batch_size, eos_id, dtype=stream.dtype)
         buffer[len(buffer) - len(stream) :] = stream
@@ -451,14 +452,14 @@ class StreamBatches:
         self._order_epoch = -1
 
     def _shape(self) -> list[int]:
-        return [self.n_windows, self.batch_size, self.bptt]
+        return [self.n_tokens, self.batch_size, self.bptt]
 
 
 class PairBatches:
     """TLM batches as the original's ParallelDataset: pairs of sentences concatenated into one row each.
 
         row:        </s> a1 .. an </s> </s> b1 .. bm </s> <pad> ..
-        positions:  0    1  .. n  n+1  0    1  .. m  m+1  m+2 ..
+        positions:  0    1  .. n  n+1  0    1  .. m  m+1  0     ..
         langs:      l1   l1 .. l1 l1   l2   l2 .. l2 l2   l2 ..
 
     Pairs with an empty side or a side longer than `max_len` ids are left out (the original's train-split
@@ -551,8 +552,9 @@ def concat_pairs(
 ) -> TrainBatch:
     """TLM rows `</s> a </s> </s> b </s>`, right-padded: the original's concat_batches(reset_positions=True).
 
-    Positions restart at 0 at the second sentence's `</s>`; padding continues the second sentence's positions
-    and language, as in the original (both are masked out, so neither value reaches a real token).
+    Positions restart at 0 at the second sentence's `</s>`. Padding takes the second language (as in the
+    original) and position 0 (the original counts on, which can pass the model's 512 positions when
+    max_len > 253); padding is masked out and zeroed, so neither value reaches a real token.
     """
     widths = [len(a) + len(b) + 4 for a, b in zip(first, second, strict=True)]
     B, T = len(widths), max(widths)
@@ -564,6 +566,7 @@ def concat_pairs(
         row_ids = np.concatenate([[eos_id], a, [eos_id, eos_id], b, [eos_id]]).astype(np.int64)
         input_ids[row, : widths[row]] = torch.from_numpy(row_ids)
         positions[row, start:] -= start
+        positions[row, widths[row] :] = 0
         langs[row, start:] = lang_ids[1]
     attention_mask = torch.arange(T) < torch.tensor(widths)[:, None]  # (B, T)
     return TrainBatch(input_ids, langs, positions, attention_mask)
