@@ -7,6 +7,7 @@ truncated or corrupt array) is a DataError in Python and one line on stderr with
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -62,6 +63,31 @@ def test_stream_batches_lay_out_the_corpus_as_the_original_streamdataset():
     assert sorted(drawn[:2]) == sorted(drawn[2:]) == sorted(w.input_ids.tolist() for w in windows)
 
 
+def original_stream_windows(sent: np.ndarray, bs: int, bptt: int, eos: int) -> list[np.ndarray]:
+    """facebookresearch/XLM's StreamDataset (xlm/data/dataset.py, cd281d3), transcribed: its windows in order,
+    each (bs, bptt) after the transpose from the original's (slen, bs)."""
+    n_tokens = len(sent)
+    n_batches = math.ceil(n_tokens / (bs * bptt))
+    t_size = n_batches * bptt * bs
+    buffer = np.zeros(t_size, dtype=sent.dtype) + eos
+    buffer[t_size - n_tokens :] = sent
+    buffer = buffer.reshape((bs, n_batches * bptt)).T
+    data = np.zeros((n_batches * bptt + 1, bs), dtype=sent.dtype) + eos
+    data[1:] = buffer
+    return [data[bptt * i : bptt * (i + 1)].T for i in range(n_batches)]
+
+
+@pytest.mark.parametrize(("n", "bs", "bptt"), [(1, 1, 2), (7, 3, 5), (50, 4, 16), (300, 8, 32)])
+def test_stream_windows_equal_the_original_streamdataset(n, bs, bptt):
+    corpus = random_corpus("en", n, seed=n)
+    batches = StreamBatches(corpus, lang_id=0, eos_id=EOS, batch_size=bs, bptt=bptt)
+    sent = np.concatenate([np.append(corpus.sentence(i), EOS) for i in range(len(corpus))])  # the original's layout
+    expected = original_stream_windows(sent, bs, bptt, EOS)
+    assert len(batches) == len(expected)
+    for window, want in zip(batches.eval_batches(), expected, strict=True):
+        assert window.input_ids.tolist() == want.tolist()
+
+
 def test_tlm_rows_restart_positions_and_switch_language_at_the_second_sentence():
     rows = concat_pairs([[20, 21], [22]], [[30, 31, 32], [33]], (0, 1), eos_id=EOS, pad_id=PAD)
     assert rows.input_ids.tolist() == [
@@ -80,6 +106,47 @@ def test_tlm_rows_restart_positions_and_switch_language_at_the_second_sentence()
         [1, 1, 1, 1, 1, 1, 1, 1, 1],
         [1, 1, 1, 1, 1, 1, 0, 0, 0],
     ]
+
+
+def original_concat_batches(first, second, lang1_id: int, lang2_id: int) -> tuple[torch.Tensor, ...]:
+    """facebookresearch/XLM's Dataset.batch_sentences + utils.concat_batches(reset_positions=True), transcribed
+    (cd281d3); returns (x, positions, langs) as (bs, slen) instead of the original's (slen, bs)."""
+
+    def batch_sentences(sentences):
+        lengths = torch.LongTensor([len(s) + 2 for s in sentences])
+        sent = torch.LongTensor(lengths.max().item(), lengths.size(0)).fill_(PAD)
+        sent[0] = EOS
+        for i, s in enumerate(sentences):
+            if lengths[i] > 2:
+                sent[1 : lengths[i] - 1, i].copy_(torch.from_numpy(np.asarray(s, dtype=np.int64)))
+            sent[lengths[i] - 1, i] = EOS
+        return sent, lengths
+
+    (x1, len1), (x2, len2) = batch_sentences(first), batch_sentences(second)
+    lengths = len1 + len2
+    slen, bs = lengths.max().item(), lengths.size(0)
+    x = x1.new(slen, bs).fill_(PAD)
+    x[: len1.max().item()].copy_(x1)
+    positions = torch.arange(slen)[:, None].repeat(1, bs)
+    langs = x1.new(slen, bs).fill_(lang1_id)
+    for i in range(bs):
+        l1 = len1[i]
+        x[l1 : l1 + len2[i], i].copy_(x2[: len2[i], i])
+        positions[l1:, i] -= len1[i]
+        langs[l1:, i] = lang2_id
+    return x.T, positions.T, langs.T
+
+
+def test_tlm_rows_equal_the_original_concat_batches():
+    rng = np.random.default_rng(0)
+    first = [rng.integers(14, 500, rng.integers(1, 15)) for _ in range(9)]
+    second = [rng.integers(14, 500, rng.integers(1, 15)) for _ in range(9)]
+    rows = concat_pairs(first, second, (3, 7), eos_id=EOS, pad_id=PAD)
+    x, positions, langs = original_concat_batches(first, second, 3, 7)
+    real = rows.attention_mask
+    assert torch.equal(rows.input_ids, x) and torch.equal(rows.langs, langs)
+    assert torch.equal(rows.positions[real], positions[real])  # padding: position 0 here, counting on there
+    assert torch.equal(real, x != PAD)
 
 
 def pairs_corpus() -> ParallelCorpus:
