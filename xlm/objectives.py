@@ -100,30 +100,35 @@ def mask_for_mlm(
         raise InputError(f"word_mask_keep_rand must be 3 chances (mask, keep, random), got {word_mask_keep_rand}")
     if not 0 <= word_pred <= 1:
         raise InputError(f"word_pred is a fraction of the positions, got {word_pred}")
-    device = generator.device
-    ids = input_ids.to(device)
-    B, T = ids.shape
-    eligible = attention_mask.to(device).bool().clone()  # (B, T)
-    eligible[:, 0] = False
-    if selection_weights is None:
-        predicted = (torch.rand(B, T, generator=generator, device=device) < word_pred) & eligible
-    else:
-        weights = selection_weights.to(device)[ids] * eligible  # (B, T)
-        n_targets = min(math.ceil(word_pred * int(attention_mask.sum())), int((weights > 0).sum()))
-        predicted = torch.zeros(B * T, dtype=torch.bool, device=device)
-        if n_targets > 0:
-            chosen = torch.multinomial(weights.flatten(), n_targets, replacement=False, generator=generator)
-            predicted[chosen] = True
-        predicted = predicted.view(B, T)  # (B * T,) -> (B, T)
-
-    originals = ids[predicted]  # (P,)
-    u = torch.rand(originals.shape, generator=generator, device=device) * probs.sum()
-    kind = torch.searchsorted(probs.cumsum(0), u, right=True).clamp(max=2)  # (P,): 0 mask, 1 keep, 2 random
-    random_ids = torch.randint(vocab_size, originals.shape, generator=generator, device=device)
-    replaced = torch.where(kind == 0, mask_id, torch.where(kind == 1, originals, random_ids))
+    ids = input_ids.to(generator.device)
+    predicted = _select(ids, attention_mask.to(generator.device), generator, word_pred, selection_weights)
     masked = ids.clone()
-    masked[predicted] = replaced
+    masked[predicted] = _replace(ids[predicted], generator, probs, mask_id, vocab_size)
     return masked.to(input_ids.device), predicted.to(input_ids.device)
+
+
+def _select(ids: Tensor, attention_mask: Tensor, generator, word_pred: float, weights: Tensor | None) -> Tensor:
+    """(B, T) bool: the positions to predict, word_pred of the real ones but position 0."""
+    B, T = ids.shape
+    eligible = attention_mask.bool().clone()  # (B, T)
+    eligible[:, 0] = False
+    if weights is None:  # uniform: each position on its own
+        return (torch.rand(B, T, generator=generator, device=ids.device) < word_pred) & eligible
+    position_weights = weights.to(ids.device)[ids] * eligible  # (B, T)
+    n_targets = min(math.ceil(word_pred * int(attention_mask.sum())), int((position_weights > 0).sum()))
+    predicted = torch.zeros(B * T, dtype=torch.bool, device=ids.device)
+    if n_targets > 0:
+        chosen = torch.multinomial(position_weights.flatten(), n_targets, replacement=False, generator=generator)
+        predicted[chosen] = True
+    return predicted.view(B, T)  # (B * T,) -> (B, T)
+
+
+def _replace(originals: Tensor, generator, probs: Tensor, mask_id: int, vocab_size: int) -> Tensor:
+    """(P,) selected ids -> what the model reads there: the mask, the id itself, or a random id (80/10/10)."""
+    u = torch.rand(originals.shape, generator=generator, device=originals.device) * probs.sum()
+    kind = torch.searchsorted(probs.cumsum(0), u, right=True).clamp(max=2)  # (P,): 0 mask, 1 keep, 2 random
+    random_ids = torch.randint(vocab_size, originals.shape, generator=generator, device=originals.device)
+    return torch.where(kind == 0, mask_id, torch.where(kind == 1, originals, random_ids))
 
 
 def mask_batch(batch: TrainBatch, generator: torch.Generator, **mask_options) -> TrainBatch:
