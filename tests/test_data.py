@@ -423,6 +423,8 @@ def test_xlm_prepare_writes_a_split(tmp_path, tokenizer_dir, tokenizer, texts):
                        "--para", "en", "fr", texts["en"], texts["fr"], "--workers", "2")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "train.en: 5 sentences" in done.stdout and "train.en-fr.fr: 5 sentences" in done.stdout
+    checked = xlm_prepare("--out", tmp_path / "data", "--check")  # no tokenizer: no vocabulary check
+    assert checked.returncode == 0 and checked.stdout.replace("checked", "wrote") == done.stdout, checked.stderr
     prepared = open_prepared(tmp_path / "data", "train", vocab_hash(tokenizer))
     assert prepared.mono["en"].sentence(0).tolist() == tokenizer.encode(EN[0], "en", add_special_tokens=False)
 
@@ -439,6 +441,9 @@ CLI_CASES = {
     "existing split": (["--mono", "en", "{en}"], "already exists"),
     "missing tokenizer": (["--tokenizer", "{tmp}/no-tokenizer", "--mono", "en", "{en}"], "no-tokenizer"),
     "bad option": (["--mono", "en"], "expected 2 arguments"),
+    "truncated array": (["--check", "--truncate"], "truncated or corrupt"),
+    "check, another vocabulary": (["--check", "--tokenizer", "{other}"], "another vocabulary"),
+    "check, no split": (["--check", "--split", "test"], "not a prepared split"),
 }
 
 
@@ -450,6 +455,9 @@ def test_xlm_prepare_bad_input_is_one_line_and_exit_2(
     args, message = CLI_CASES[case]
     names = {**{k: str(v) for k, v in bad_texts.items()}, "tmp": str(tmp_path), "other": str(swapped_tokenizer_dir)}
     args = [a.format(**names) for a in args]
+    if "--truncate" in args:
+        args.remove("--truncate")
+        _truncate(tmp_path / "data" / "train" / "en.offsets")
     if "--tokenizer" not in args:
         args = ["--tokenizer", str(tokenizer_dir), *args]
     done = xlm_prepare("--out", tmp_path / "data", *args)

@@ -613,28 +613,33 @@ def build_parser(prog: str = "xlm prepare") -> argparse.ArgumentParser:
         description="Tokenize text files (one sentence per line) into binarized corpora for `xlm train`.",
         epilog="example: xlm prepare --tokenizer DIR --out data --mono en train.en --para en fr train.en train.fr",
     )
-    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer files (a checkpoint directory)")
+    parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer files (a checkpoint directory)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the prepared-data directory")
     parser.add_argument("--split", default="train", help="train (default), valid, test, ...")
     parser.add_argument("--mono", nargs=2, action="append", default=[], metavar=("LANG", "FILE"))
     parser.add_argument("--para", nargs=4, action="append", default=[], metavar=("LANG1", "LANG2", "FILE1", "FILE2"))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (all CPUs)")
     parser.add_argument("--force", action="store_true", help="replace the split if it exists")
+    parser.add_argument(
+        "--check", action="store_true",
+        help="write nothing: check the prepared split (against --tokenizer's vocabulary, if given) and list it",
+    )  # fmt: skip
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "xlm prepare") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer, preset="original")
-        mono = dict(args.mono)
-        para = {(l1, l2): (f1, f2) for l1, l2, f1, f2 in args.para}
-        if len(mono) != len(args.mono) or len(para) != len(args.para):
-            raise DataError("each language and each pair may be given once")
-        out = prepare(
-            args.out, tokenizer, mono=mono, para=para, split=args.split, workers=args.workers, force=args.force
-        )
-        data = open_prepared(out, args.split, vocab_hash(tokenizer))
+        if args.tokenizer is None and not args.check:
+            raise DataError("--tokenizer is required to prepare (only --check goes without)")
+        tokenizer = None if args.tokenizer is None else Tokenizer.from_pretrained(args.tokenizer, preset="original")
+        if not args.check:
+            mono, para = dict(args.mono), {(l1, l2): (f1, f2) for l1, l2, f1, f2 in args.para}
+            if len(mono) != len(args.mono) or len(para) != len(args.para):
+                raise DataError("each language and each pair may be given once")
+            options = dict(mono=mono, para=para, split=args.split, workers=args.workers, force=args.force)
+            prepare(args.out, tokenizer, **options)
+        data = open_prepared(args.out, args.split, None if tokenizer is None else vocab_hash(tokenizer))
     except XLMError as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
@@ -642,5 +647,5 @@ def main(argv: list[str] | None = None, prog: str = "xlm prepare") -> int:
     names = [*data.mono, *(f"{'-'.join(k)}.{lang}" for k in data.para for lang in k)]
     for name, corpus in zip(names, corpora, strict=True):
         print(f"{args.split}.{name}: {len(corpus):,} sentences, {corpus.n_tokens:,} tokens")
-    print(f"wrote {Path(args.out) / args.split}")
+    print(f"{'checked' if args.check else 'wrote'} {Path(args.out) / args.split}")
     return 0
