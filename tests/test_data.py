@@ -280,10 +280,10 @@ def test_prepared_ids_are_the_tokenizers_without_framing_or_special_tokens(tmp_p
     prepared = open_prepared(out, "train", vocab_hash(tokenizer))
     corpus = prepared.mono["en"]
     assert len(corpus) == 5 and corpus.ids.dtype == np.uint16  # 512 pieces
-    for i, line in enumerate(EN):
-        expected = [t for t in tokenizer.encode(line, "en", add_special_tokens=False) if t >= 14 or t == 3]
-        assert corpus.sentence(i).tolist() == expected
+    for i, line in enumerate(EN[:4]):
+        assert corpus.sentence(i).tolist() == tokenizer.encode(line, "en", add_special_tokens=False)
     assert corpus.sentence(2).tolist() == []  # a blank line stays, as an empty sentence (line i = sentence i)
+    assert corpus.sentence(4).tolist() == tokenizer.encode("A test.", "en", add_special_tokens=False)
     pair = prepared.para[("en", "fr")]
     assert pair.langs == ("en", "fr") and len(pair) == 5
     assert pair.second.sentence(4).tolist() == tokenizer.encode(FR[4], "fr", add_special_tokens=False)
@@ -305,7 +305,7 @@ def test_several_processes_and_blocks_give_the_same_corpus(tmp_path, tokenizer, 
     assert one.sentence(1234).tolist() == tokenizer.encode(lines[1234], "fr", add_special_tokens=False)
 
 
-def test_splits_are_separate_directories_with_one_vocabulary(tmp_path, tokenizer, texts, tokenizer_dir):
+def test_splits_are_separate_directories_with_one_vocabulary(tmp_path, tokenizer, texts):
     prepare(tmp_path / "data", tokenizer, mono={"en": texts["en"]})
     prepare(tmp_path / "data", tokenizer, mono={"en": texts["en"]}, split="valid")
     assert {p.name for p in (tmp_path / "data").iterdir()} == {"train", "valid"}
@@ -320,13 +320,13 @@ def test_splits_are_separate_directories_with_one_vocabulary(tmp_path, tokenizer
 
 @pytest.fixture
 def swapped_tokenizer_dir(tmp_path, tokenizer_dir) -> Path:
+    """The same tokenizer files with two pieces' ids swapped: another vocabulary."""
     directory = tmp_path / "other-tokenizer"
     directory.mkdir()
     for name in ("merges.txt", "tokenizer_config.json"):
         (directory / name).write_bytes((tokenizer_dir / name).read_bytes())
     vocab = json.loads((tokenizer_dir / "vocab.json").read_text())
-    a, b = "a", "b"
-    vocab[a], vocab[b] = vocab[b], vocab[a]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
     (directory / "vocab.json").write_text(json.dumps(vocab))
     return directory
 
