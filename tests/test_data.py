@@ -77,7 +77,7 @@ def original_stream_windows(sent: np.ndarray, bs: int, bptt: int, eos: int) -> l
     return [data[bptt * i : bptt * (i + 1)].T for i in range(n_batches)]
 
 
-@pytest.mark.parametrize(("n", "bs", "bptt"), [(1, 1, 2), (7, 3, 5), (50, 4, 16), (300, 8, 32)])
+@pytest.mark.parametrize(("n", "bs", "bptt"), [(1, 1, 2), (1, 8, 32), (3, 5, 64), (7, 3, 5), (50, 4, 16), (300, 8, 32)])
 def test_stream_windows_equal_the_original_streamdataset(n, bs, bptt):
     corpus = random_corpus("en", n, seed=n)
     batches = StreamBatches(corpus, lang_id=0, eos_id=EOS, batch_size=bs, bptt=bptt)

@@ -91,8 +91,9 @@ class Corpus:
     def stream(self, eos_id: int) -> np.ndarray:
         """All sentences, each followed by `</s>`: the original's binarized layout, (N + n,)."""
         out = np.full(self.n_tokens + len(self), eos_id, dtype=self.ids.dtype)
-        sentence_of_token = np.repeat(np.arange(len(self)), self.lengths)  # (N,)
-        out[np.arange(self.n_tokens) + sentence_of_token] = self.ids  # token j moves right by its sentence index
+        is_token = np.ones(len(out), dtype=bool)  # one byte per slot: no index array as long as the corpus
+        is_token[self.offsets[1:] + np.arange(len(self))] = False  # sentence i's </s> follows i earlier ones
+        out[is_token] = self.ids
         return out
 
 
@@ -128,7 +129,11 @@ class PreparedData:
     def token_counts(self) -> np.ndarray:
         """(V,) int64: how often each id occurs in all corpora of the split (MLM's frequency smoothing)."""
         corpora = [*self.mono.values(), *(c for p in self.para.values() for c in (p.first, p.second))]
-        return sum(np.bincount(c.ids, minlength=self.vocab_size) for c in corpora)
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for corpus in corpora:
+            for start in range(0, corpus.n_tokens, 1 << 24):  # bincount copies to int64: bound that copy
+                counts += np.bincount(corpus.ids[start : start + (1 << 24)], minlength=self.vocab_size)
+        return counts
 
 
 def vocab_hash(tokenizer: Tokenizer) -> str:
@@ -412,10 +417,12 @@ class StreamBatches:
         stream = corpus.stream(eos_id)  # (N + n,)
         self.n_tokens = len(stream)  # ids and </s> separators
         self.n_windows = math.ceil(len(stream) / (batch_size * bptt))
-        buffer = np.full(self.n_windows * bptt * batch_size, eos_id, dtype=stream.dtype)
-        buffer[len(buffer) - len(stream) :] = stream
-        first = np.full((batch_size, 1), eos_id, dtype=stream.dtype)
-        self.streams = np.concatenate([first, buffer.reshape(batch_size, -1)], axis=1)  # (bs, n_windows*bptt + 1)
+        length = self.n_windows * bptt  # tokens per stream
+        fill = batch_size * length - len(stream)  # </s> before the corpus, to fill the last window
+        self.streams = np.full((batch_size, length + 1), eos_id, dtype=stream.dtype)  # column 0: the leading </s>
+        for j in range(batch_size):  # stream j: slots j*length .. (j+1)*length - 1 of fill + corpus
+            start, stop = max(j * length - fill, 0), max((j + 1) * length - fill, 0)
+            self.streams[j, 1 + length - (stop - start) :] = stream[start:stop]
         self.lang_id, self.batch_size, self.bptt, self.seed = lang_id, batch_size, bptt, seed
         self.epoch, self.index = 0, 0
         self._order, self._order_epoch = np.empty(0, dtype=np.int64), -1  # this epoch's window order, once drawn
