@@ -596,7 +596,8 @@ def _check_state(state: dict, kind: str, shape: list[int]) -> None:
 
 
 def sampling_probabilities(counts: Mapping, alpha: float) -> dict:
-    """The paper's language sampling: q_i = p_i^alpha / sum_j p_j^alpha, with p_i = n_i / sum_j n_j.
+    """The paper's language sampling (the original's `set_sampling_probs`): q_i = p_i^alpha / sum_j p_j^alpha,
+    with p_i = n_i / sum_j n_j.
 
     counts: language (or pair) -> number of sentences. alpha 0.5 upsamples low-resource languages (the paper);
     alpha 0 is uniform (the original spells it `--lg_sampling_factor -1`, its default); 1 follows the data.

@@ -52,7 +52,7 @@ def clm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
 
 
 def clm_loss(model: XLM, batch: TrainBatch) -> tuple[Tensor, int]:
-    """Next-token prediction: (summed cross-entropy, number of predicted tokens)."""
+    """Next-token prediction (the original's `clm_step`): (summed cross-entropy, number of predicted tokens)."""
     return summed_cross_entropy(*clm_predictions(model, batch))
 
 
@@ -85,7 +85,8 @@ def mask_for_mlm(
     word_mask_keep_rand: Sequence[float] = (0.8, 0.1, 0.1),
     selection_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Draw the MLM mask: (masked input_ids (B, T), predicted (B, T) bool). Padding and position 0 never.
+    """Draw the MLM mask (the original's `Trainer.mask_out`): (masked input_ids (B, T), predicted (B, T) bool).
+    Padding and position 0 are never predicted.
 
     selection_weights None: each position is selected with probability `word_pred` (the original's default,
         sample_alpha 0). Given (V,) weights (`smoothed_selection_weights`): exactly ceil(word_pred * real
@@ -157,7 +158,7 @@ def mlm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
 def mlm_loss(
     model: XLM, batch: TrainBatch, generator: torch.Generator | None = None, **mask_options
 ) -> tuple[Tensor, int]:
-    """Masked-token prediction: MLM on a stream batch, TLM on a pair batch.
+    """Masked-token prediction (the original's `mlm_step`): MLM on a stream batch, TLM on a pair batch.
 
     batch: masked already (`mask_batch`, labels set), or masked here with `generator` and `mask_options`
     (mask_id and vocab_size default to the model's). Returns (summed cross-entropy, number of predicted tokens).
