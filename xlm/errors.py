@@ -23,3 +23,8 @@ class TokenizerError(XLMError):
 
 class InputError(XLMError):
     """Model inputs that the model cannot take: ids or languages out of range, too many positions."""
+
+
+class DataError(XLMError):
+    """Training data that cannot be prepared or read: missing or empty files, misaligned pairs, a corpus
+    prepared with another vocabulary, a truncated or corrupt array."""
