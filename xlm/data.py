@@ -43,7 +43,7 @@ from torch import Tensor
 from xlm.cliutil import OneLineParser, run_tool
 from xlm.errors import DataError, XLMError
 from xlm.files import atomic_directory
-from xlm.tokenizer import SPECIAL_TOKENS, UNK_ID, Tokenizer
+from xlm.tokenizer import Tokenizer
 
 FORMAT = "xlm-prepared"
 FORMAT_VERSION = 1
@@ -166,8 +166,8 @@ def prepare(
     """Tokenize and binarize text files into `out_dir/split/`; returns `out_dir` (for `open_prepared`).
 
     mono: language -> text file, one sentence per line. para: (lang1, lang2) -> two line-aligned files.
-    tokenizer: loaded with preset="original" (what XLM saw: its lowercasing, no framing); literal special
-        tokens in the text are dropped, except `<unk>`, as the original's preprocessing does.
+    tokenizer: loaded with preset="original" (what XLM saw: its lowercasing, no framing, and `</s>` or
+        `<special1>` written in the text tokenized as text, as the Moses scripts did).
     workers: tokenizer processes. force: replace an existing `out_dir/split`.
     The split directory appears complete or not at all (written aside, then renamed).
     """
@@ -185,7 +185,8 @@ def prepare(
         "mono": {},
         "para": {},
     }
-    with atomic_directory(out_dir / split, replace=force) as tmp:
+    sources = [*mono.values(), *(path for pair in para.values() for path in pair)]
+    with atomic_directory(out_dir / split, replace=force, inputs=sources, marker=HEADER_FILE) as tmp:
         for lang, path in mono.items():
             header["mono"][lang] = _write_corpus(tmp / lang, tokenizer, lang, Path(path), workers)
         for (l1, l2), (path1, path2) in para.items():
@@ -203,8 +204,11 @@ def _check_sources(out_dir: Path, tokenizer: Tokenizer, mono: dict, para: dict, 
     if not mono and not para:
         raise DataError("nothing to prepare: give monolingual files and/or parallel pairs")
     _check_name(split, "split")
-    if tokenizer.preset != "original":
-        raise DataError("prepare tokenizes as XLM's training did: load the tokenizer with preset='original'")
+    if tokenizer.preset != "original" or tokenizer.parse_special_tokens:
+        raise DataError(
+            "prepare tokenizes as XLM's training did: load the tokenizer with preset='original' "
+            "(special tokens written in the text stay text)"
+        )
     for lang in [*mono, *(lang for pair in para for lang in pair)]:
         _check_language(tokenizer, lang)
     for (l1, l2), (path1, path2) in para.items():
@@ -225,7 +229,7 @@ def _check_sources(out_dir: Path, tokenizer: Tokenizer, mono: dict, para: dict, 
 def _write_corpus(stem: Path, tokenizer: Tokenizer, lang: str, path: Path, workers: int) -> dict:
     """Tokenize `path` block by block into stem.ids / stem.offsets; returns the corpus' header entry."""
     dtype = ids_dtype(tokenizer.vocab_size)
-    n_sentences = n_tokens = n_dropped = 0
+    n_sentences = n_tokens = 0
     with (
         _open_text(path) as text,
         open(f"{stem}.ids", "wb") as ids_file,
@@ -236,17 +240,12 @@ def _write_corpus(stem: Path, tokenizer: Tokenizer, lang: str, path: Path, worke
             encoded = _encode_block(tokenizer, block, lang, workers, path)
             flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64)
             lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-            # The original's preprocessing drops special tokens found in the text (all but <unk>).
-            keep = (flat >= len(SPECIAL_TOKENS)) | (flat == UNK_ID)  # (tokens in block,)
-            sentence_of_token = np.repeat(np.arange(len(encoded)), lengths)
-            lengths = np.bincount(sentence_of_token[keep], minlength=len(encoded))
-            flat[keep].astype(dtype).tofile(ids_file)
+            flat.astype(dtype).tofile(ids_file)
             (n_tokens + np.cumsum(lengths)).astype(np.int64).tofile(offsets_file)
             n_sentences, n_tokens = n_sentences + len(encoded), n_tokens + int(lengths.sum())
-            n_dropped += int((~keep).sum())
     if n_tokens == 0:
         raise DataError(f"{path}: no tokens in {n_sentences} lines: an empty corpus")
-    return {"source": str(path), "sentences": n_sentences, "tokens": n_tokens, "dropped_special_tokens": n_dropped}
+    return {"source": str(path), "sentences": n_sentences, "tokens": n_tokens}
 
 
 def _encode_block(tokenizer: Tokenizer, lines: list[str], lang: str, workers: int, path: Path) -> list[list[int]]:
