@@ -11,7 +11,8 @@ from conftest import random_ids
 from xlm.checkpoint import load_pretrained
 from xlm.config import PRESETS
 from xlm.errors import InputError
-from xlm.generate import generate, left_pad, sample_next, top_k_filter, top_p_filter
+from xlm.generation import generate, sample_next, top_k_filter, top_p_filter
+from xlm.inputs import left_pad
 from xlm.model import XLM
 from xlm.parity import load_transformers_model
 
@@ -248,6 +249,7 @@ def test_greedy_ignores_filters_and_takes_the_first_maximum():
     [
         (dict(temperature=-1.0), "temperature must be >= 0"),
         (dict(temperature=float("nan")), "temperature must be >= 0"),
+        (dict(temperature=float("inf")), "temperature must be >= 0 and finite"),
         (dict(temperature=1.0, top_k=0), "top_k must be a positive integer"),
         (dict(temperature=1.0, top_p=0.0), "top_p must be in (0, 1]"),
         (dict(temperature=1.0, top_p=1.5), "top_p must be in (0, 1]"),

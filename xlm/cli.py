@@ -20,6 +20,7 @@ cased vocabulary; the default) or `transformers` (`<s> text </s>`, lowercased as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -29,12 +30,13 @@ from pathlib import Path
 
 import torch
 
-from xlm import distributed
+from xlm import __version__, distributed
 from xlm.checkpoint import DTYPES, load_pretrained
 from xlm.errors import InputError, OneLineParser, XLMError
-from xlm.generate import generate, left_pad
+from xlm.generation import Decoder, generate
+from xlm.inputs import left_pad, right_pad
 from xlm.model import XLM
-from xlm.scoring import MaskFill, corpus_perplexity, fill_mask, rank_fillers, right_pad, token_logprobs
+from xlm.scoring import MaskFill, corpus_perplexity, fill_mask, rank_fillers, token_logprobs
 from xlm.tokenizer import Tokenizer
 
 FRAMINGS = ("original", "transformers")  # = the tokenizer presets
@@ -59,13 +61,37 @@ def load(args: argparse.Namespace) -> tuple[XLM, Tokenizer]:
     else:
         path = args.model
     device = distributed.local_device(_device(args.device))  # under torchrun: one GPU per process
-    model = load_pretrained(path, dtype=DTYPES[args.dtype], device=device, objective=args.objective)
-    if args.fast or getattr(args, "compile", False):
-        from xlm.fast import optimize  # builds the CPU kernels on first use (~40 s, then cached)
+    attention = "reference" if getattr(args, "compile", False) else "sdpa"  # what Inductor fuses (xlm.fast)
+    model = load_pretrained(
+        path, dtype=DTYPES[args.dtype], device=device, objective=args.objective, attention=attention
+    )
+    if uses_fast_kernels(args):
+        from xlm.fast import align_weights
 
-        optimize(model, compile_decoding=getattr(args, "compile", False))
+        align_weights(model)
     tokenizer = Tokenizer.from_pretrained(args.tokenizer or path, preset=args.framing)
     return model, tokenizer
+
+
+def uses_fast_kernels(args: argparse.Namespace) -> bool:
+    return args.fast or getattr(args, "compile", False)
+
+
+def speed(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """`xlm.fast.kernels()` for --fast/--compile (builds the CPU kernels on first use, ~45 s, then cached)."""
+    if not uses_fast_kernels(args):
+        return contextlib.nullcontext()
+    from xlm.fast import kernels
+
+    return kernels()
+
+
+def decoder(args: argparse.Namespace) -> Decoder:
+    if not uses_fast_kernels(args):
+        return Decoder()
+    from xlm.fast import FastDecoder
+
+    return FastDecoder(compile_decoding=getattr(args, "compile", False))
 
 
 def _device(name: str) -> torch.device:
@@ -121,7 +147,7 @@ def run_generate(args: argparse.Namespace) -> int:
     out = generate(
         model, input_ids, lang, attention_mask=attention_mask, continue_lang=continue_lang,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        generator=generator, allow_mlm=args.allow_mlm,
+        generator=generator, allow_mlm=args.allow_mlm, decoder=decoder(args),
     )  # fmt: skip
     results = []
     for text, ids, new in zip(args.prompt, prompts, out.rows(), strict=True):
@@ -185,7 +211,7 @@ def _score_file(args: argparse.Namespace, model: XLM, tokenizer: Tokenizer, lang
     if distributed.world_size() > 1:
         with distributed.process_group(model.embeddings.weight.device):
             sequences = distributed.encode_lines(tokenizer, lines, args.lang)
-            result = distributed.corpus_perplexity(model, sequences, lang, **options)
+            result = distributed.distributed_corpus_perplexity(model, sequences, lang, **options)
         if result is None:
             return 0  # rank 0 writes the results
     else:
@@ -313,6 +339,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="xlm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"xlm {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     common = [_common_options()]
 
@@ -351,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         return module.main(argv[1:], prog=f"xlm {argv[0]}")
     args = build_parser().parse_args(argv)
     try:
-        return VERBS[args.verb](args)
+        with speed(args):
+            return VERBS[args.verb](args)
     except XLMError as err:
         message = " ".join(str(err).split("\n"))
         print(f"xlm {args.verb}: error: {message}", file=sys.stderr)

@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from xlm.checkpoint import DTYPES, load_pretrained
 from xlm.config import PRESETS
 from xlm.errors import OneLineParser, XLMError
+from xlm.inputs import Batch
 from xlm.model import XLM
 from xlm.synthetic import import_transformers, save_synthetic_checkpoint
 
@@ -43,13 +43,6 @@ class ModeReport:
     mean_abs_logits: float
     top1_agreement: float  # over real (non-padding) positions
     ok: bool
-
-
-@dataclass
-class Batch:
-    input_ids: Tensor  # (B, T)
-    attention_mask: Tensor  # (B, T) bool
-    langs: Tensor | None  # (B, T), None for models without language embeddings
 
 
 def make_batch(model: XLM, batch_size: int, seq_len: int, seed: int, device: str | torch.device = "cpu") -> Batch:
@@ -82,7 +75,7 @@ def compare(ours: XLM, theirs, batch: Batch, causal: bool, accept: Callable[[flo
     logits = ours.logits(hidden[-1]).float()  # (B, T, V)
     per_layer = [(h.float() - ref.float()).abs().max().item() for h, ref in zip(hidden, out.hidden_states, strict=True)]
     delta = (logits - out.logits.float()).abs()
-    real = batch.attention_mask
+    real = batch.attention_mask.bool()
     agreement = (logits.argmax(-1) == out.logits.argmax(-1))[real].float().mean().item()
     max_abs = delta.max().item()
     return ModeReport(causal, per_layer, max_abs, delta.mean().item(), agreement, accept(max_abs, agreement))
@@ -217,8 +210,7 @@ def run(args: argparse.Namespace) -> int:
     text = None
     with ExitStack() as stack:
         path, label = checkpoint_path(args, stack)
-        ours = load_pretrained(path, dtype=DTYPES[args.dtype], device=args.device)
-        ours.use_reference_attention(args.attention == "reference")
+        ours = load_pretrained(path, dtype=DTYPES[args.dtype], device=args.device, attention=args.attention)
         theirs = load_transformers_model(path).to(args.device)
         if args.text is not None:
             batch, text = text_batch(args, path, ours)
