@@ -9,9 +9,9 @@
     xlm fill-mask --model CLM_DIR "Paris is the <special1> of France." --candidates capital,heart,city
     xlm parity --synthetic xlm-clm-enfr-1024
 
-Every verb takes --model (a checkpoint directory; hub ids are passed on to the loader) or --synthetic PRESET (a
-seeded random checkpoint, for trying things offline), and --device, --dtype, --fast (xlm/fast.py), --json where
-output is structured.
+generate, score and fill-mask take --model (a checkpoint directory; hub ids are passed on to the loader) or
+--synthetic PRESET (a seeded random checkpoint, for trying things offline), and --device, --dtype, --fast
+(xlm/fast.py), --json; parity, download and convert have options of their own. `xlm --version` prints the version.
 Bad input (unknown language, empty or too long prompt, missing checkpoint, ...) prints one line on stderr and
 exits with code 2. The text-level framing is `--framing original` (XLM's training: `</s> text </s>`, cased for a
 cased vocabulary; the default) or `transformers` (`<s> text </s>`, lowercased as the hub tokenizer_config says).
