@@ -150,11 +150,16 @@ def check_ranges(config: XLMConfig, input_ids: Tensor, positions: Tensor, langs:
     """
     if torch.compiler.is_compiling():
         return
-    if input_ids.min() < 0 or input_ids.max() >= config.vocab_size:
+    if positions.shape != input_ids.shape:
+        raise InputError(f"positions must be (B, T) = {tuple(input_ids.shape)}, got {tuple(positions.shape)}")
+    checked = [input_ids, positions] if langs is None else [input_ids, positions, langs]
+    extremes = torch.stack([value for t in checked for value in torch.aminmax(t)]).tolist()  # one read-back
+    (id_min, id_max), (pos_min, pos_max) = extremes[0:2], extremes[2:4]
+    if id_min < 0 or id_max >= config.vocab_size:
         raise InputError(f"token ids must be in 0..{config.vocab_size - 1}")
-    if positions.shape != input_ids.shape or positions.min() < 0 or positions.max() >= config.max_positions:
+    if pos_min < 0 or pos_max >= config.max_positions:
         raise InputError(f"positions must be (B, T) in 0..{config.max_positions - 1}: XLM has learned positions")
-    if langs is not None and (langs.min() < 0 or langs.max() >= config.n_langs):
+    if langs is not None and (extremes[4] < 0 or extremes[5] >= config.n_langs):
         raise InputError(f"language ids must be in 0..{config.n_langs - 1} ({', '.join(config.languages)})")
 
 
