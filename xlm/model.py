@@ -27,6 +27,7 @@ Notation used in the shape comments:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +119,7 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, config: XLMConfig, attend=attention_sdpa):
+    def __init__(self, config: XLMConfig, attend: Callable[..., Tensor] = attention_sdpa):
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.attention_dropout
@@ -171,7 +172,7 @@ class Block(nn.Module):
        └─────────────────┘                  └──────────┘
     """
 
-    def __init__(self, config: XLMConfig, attend=attention_sdpa):
+    def __init__(self, config: XLMConfig, attend: Callable[..., Tensor] = attention_sdpa):
         super().__init__()
         self.dropout = config.dropout
         self.attention = MultiHeadAttention(config, attend)
