@@ -620,7 +620,7 @@ def run(settings: Settings, command: str) -> dict:
 
 def bench_load_fresh(settings: Settings, scratch: Path) -> list[dict]:
     path = checkpoint(settings, scratch)
-    models = Models(path, {}, None, 0)  # loading is timed in child processes: nothing loaded here
+    models = Models(path, {dtype: Ours(load_pretrained(path), Decoder()) for dtype in ("fp32", "bf16")}, None, 0)
     return bench_load(models, settings)
 
 
