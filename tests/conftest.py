@@ -1,6 +1,10 @@
 """Shared fixtures.
 
 - Seeded random checkpoints that transformers itself writes (tiny and full size), and a fake hub cache.
+- A small temporary footprint: the full-size checkpoint (567 MB) is written once into the synthetic-checkpoint
+  cache ($XLM_CACHE, default ~/.cache/xlm, outside the temporary directory) and shared by every test and
+  subprocess; torch.compile's cache goes into pytest's temporary directory, which pytest removes after a
+  passing run (pyproject: tmp_path_retention_policy = "failed").
 - Data from outside the repository (the real enfr BPE files, the gettext catalogs), each found through one
   setting. Missing outside data skips a test on a developer's machine but fails it in CI (env `CI` set to
   1/true), so that CI can never pass by skipping. The same holds for the optional fastBPE backend, which CI
@@ -30,7 +34,7 @@ from xlm.bpe import fastbpe_installed
 from xlm.config import PRESETS, XLMConfig
 from xlm.model import XLM
 from xlm.parity import transformers_reference_ids
-from xlm.synthetic import save_synthetic_checkpoint
+from xlm.synthetic import save_synthetic_checkpoint, synthetic_checkpoint
 
 FULL_SIZE = "xlm-clm-enfr-1024"
 
@@ -49,6 +53,18 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compile_cache_in_the_temporary_directory(tmp_path_factory):
+    """torch.compile's cache (default /tmp/torchinductor_$USER, left behind) under pytest's temporary directory;
+    subprocesses inherit it. A cache the caller chose is kept."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("torchinductor"))
+    yield
+    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path):
     """A factory: scaled-down preset -> directory written by transformers' save_pretrained."""
@@ -60,9 +76,10 @@ def tiny_checkpoint(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def full_size_checkpoint(tmp_path_factory) -> Path:
-    """The exact published xlm-clm-enfr-1024 architecture with seeded random weights (567 MB, written once)."""
-    return save_synthetic_checkpoint(PRESETS[FULL_SIZE], tmp_path_factory.mktemp("full") / FULL_SIZE, seed=0)
+def full_size_checkpoint() -> Path:
+    """The exact published xlm-clm-enfr-1024 architecture with seeded random weights (567 MB): written once into
+    the synthetic-checkpoint cache ($XLM_CACHE) and shared, so read it, never write to it."""
+    return synthetic_checkpoint(FULL_SIZE, seed=0)
 
 
 def seeded_model(config: XLMConfig, seed: int = 0) -> XLM:

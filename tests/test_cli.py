@@ -22,7 +22,8 @@ from conftest import FULL_SIZE, scaled_down
 from xlm.checkpoint import load_pretrained
 from xlm.cli import build_parser, main
 from xlm.config import PRESETS
-from xlm.generate import generate, left_pad
+from xlm.generation import generate
+from xlm.inputs import left_pad
 from xlm.scoring import rank_fillers, token_logprobs
 from xlm.synthetic import save_synthetic_checkpoint
 from xlm.tokenizer import Tokenizer

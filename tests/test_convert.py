@@ -27,8 +27,9 @@ from xlm.checkpoint import load_pretrained
 from xlm.config import XLMConfig
 from xlm.convert import convert_original, main, tokenizer_config
 from xlm.errors import CheckpointError, ConfigError
+from xlm.inputs import SPECIAL_TOKENS
 from xlm.parity import load_transformers_model
-from xlm.synthetic import SPECIAL_TOKENS, hf_model_from_config, import_transformers
+from xlm.synthetic import hf_model_from_config, import_transformers
 
 # A tiny fastBPE vocabulary by decreasing frequency (`@@`: the piece does not end a word), and codes it came from.
 WORDS = ["the", ",", "le", "cat", "chat", "la", "un@@", "é@@", "t", "é", "believ@@", "able", "d@@", "o@@", "g"]
@@ -77,7 +78,7 @@ def save_original(
     head_offset: float = 0.0, **param_changes,
 ):  # fmt: skip
     """Write an original checkpoint at `path`; returns the transformers model whose weights it holds."""
-    id2word = dict(enumerate(SPECIAL_TOKENS + list(words)))
+    id2word = dict(enumerate([*SPECIAL_TOKENS, *words]))
     counts = {word: (0 if i < len(SPECIAL_TOKENS) else 1000 - i) for i, word in id2word.items()}
     config = XLMConfig(len(id2word), 32, 2, 4, LANGS)
     reference = hf_model_from_config(config, seed)
@@ -150,7 +151,7 @@ def test_tokenizer_files_work_with_transformers(original, tmp_path):
     assert (out / "merges.txt").read_bytes() == CODES
     tokenizer = import_transformers().XLMTokenizer.from_pretrained(out)
     assert tokenizer.lang2id == {"en": 0, "fr": 1} and tokenizer.do_lowercase_and_remove_accent
-    word2id = {w: i for i, w in enumerate(SPECIAL_TOKENS + WORDS)}
+    word2id = {w: i for i, w in enumerate([*SPECIAL_TOKENS, *WORDS])}
     assert tokenizer.encode("The cat") == [0, word2id["the"], word2id["cat"], 1]  # merged by merges.txt
 
 

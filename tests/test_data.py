@@ -33,8 +33,9 @@ from xlm.data import (
     vocab_hash,
 )
 from xlm.errors import DataError
+from xlm.inputs import SPECIAL_TOKENS
 from xlm.synthetic import save_synthetic_tokenizer
-from xlm.tokenizer import SPECIAL_TOKENS, Tokenizer
+from xlm.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS, PAD = 1, 2

@@ -11,7 +11,8 @@ from conftest import random_ids
 from xlm.checkpoint import load_pretrained
 from xlm.config import PRESETS
 from xlm.errors import InputError
-from xlm.generate import generate, left_pad, sample_next, top_k_filter, top_p_filter
+from xlm.generation import generate, sample_next, top_k_filter, top_p_filter
+from xlm.inputs import left_pad
 from xlm.model import XLM
 from xlm.parity import load_transformers_model
 
@@ -133,8 +134,8 @@ def transformers_greedy(theirs, ids: list[int], lang: int, steps: int):
 def test_greedy_equals_a_transformers_forward_loop_alone_and_in_a_batch(tiny_checkpoint):
     """32 greedy steps against transformers' forward on the growing sequence (never its `generate`).
 
-    transformers does not mask left padding under causal attention, so a batch is compared row by row. At full
-    size this follows from the parity of one forward (tests/test_parity.py) and of the cache (above).
+    transformers does not mask left padding under causal attention, so a batch is compared row by row. The
+    full-size version follows.
     """
     path = tiny_checkpoint("xlm-clm-enfr-1024")
     ours, theirs = load_pretrained(path), load_transformers_model(path)
@@ -151,6 +152,24 @@ def test_greedy_equals_a_transformers_forward_loop_alone_and_in_a_batch(tiny_che
         output_logits=True,
     )  # fmt: skip
     for row, (ref_tokens, ref_logits) in enumerate(references):
+        assert batch.rows()[row] == ref_tokens
+        torch.testing.assert_close(batch.logits[row], ref_logits, rtol=0, atol=TOL)
+
+
+@pytest.mark.slow
+def test_full_size_cached_generation_equals_a_transformers_forward_loop(full_size, full_size_checkpoint):
+    """The real shapes: 16 cached greedy steps of a left-padded batch of two, each row against transformers'
+    causal forward over its growing sequence (row by row: transformers does not mask left padding)."""
+    theirs = load_transformers_model(full_size_checkpoint)
+    rows, langs = prompts(full_size.config.vocab_size, [9, 4]), [0, 1]
+    input_ids, attention_mask = left_pad(rows)
+    batch = generate(
+        full_size, input_ids, torch.tensor(langs), attention_mask=attention_mask, max_new_tokens=16,
+        stop_at_eos=False, output_logits=True,
+    )  # fmt: skip
+    for row, (ids, lang) in enumerate(zip(rows, langs, strict=True)):
+        with torch.no_grad():
+            ref_tokens, ref_logits = transformers_greedy(theirs, ids, lang, steps=16)
         assert batch.rows()[row] == ref_tokens
         torch.testing.assert_close(batch.logits[row], ref_logits, rtol=0, atol=TOL)
 
@@ -248,6 +267,7 @@ def test_greedy_ignores_filters_and_takes_the_first_maximum():
     [
         (dict(temperature=-1.0), "temperature must be >= 0"),
         (dict(temperature=float("nan")), "temperature must be >= 0"),
+        (dict(temperature=float("inf")), "temperature must be >= 0 and finite"),
         (dict(temperature=1.0, top_k=0), "top_k must be a positive integer"),
         (dict(temperature=1.0, top_p=0.0), "top_p must be in (0, 1]"),
         (dict(temperature=1.0, top_p=1.5), "top_p must be in (0, 1]"),

@@ -16,7 +16,8 @@ from conftest import FULL_SIZE, random_ids
 
 from xlm.checkpoint import load_pretrained
 from xlm.config import PRESETS
-from xlm.generate import generate, left_pad
+from xlm.generation import generate
+from xlm.inputs import left_pad
 from xlm.parity import compare, load_transformers_model, make_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -72,11 +73,11 @@ def test_left_padding_is_masked_by_cuda_sdpa(tiny_checkpoint, dtype):
 
 def test_sdpa_agrees_with_the_reference_on_cuda(full_size_checkpoint):
     model = load_pretrained(full_size_checkpoint, device=CUDA)
+    plain = load_pretrained(full_size_checkpoint, device=CUDA, attention="reference")
     batch = make_batch(model, 2, 96, seed=2, device=CUDA)
     with torch.no_grad():
         fused = model(batch.input_ids, batch.langs, causal=True, attention_mask=batch.attention_mask)
-        model.use_reference_attention()
-        reference = model(batch.input_ids, batch.langs, causal=True, attention_mask=batch.attention_mask)
+        reference = plain(batch.input_ids, batch.langs, causal=True, attention_mask=batch.attention_mask)
     torch.testing.assert_close(fused, reference, rtol=0, atol=1e-4)
 
 

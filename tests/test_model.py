@@ -104,6 +104,22 @@ def test_kv_cache_equals_full_forward(model):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=TOL)
 
 
+def test_kv_cache_rewinds_to_an_earlier_slot(model):
+    """The promise of KVCache: writing at an earlier start_pos replaces those slots, and what was decoded after
+    them is never seen again (beam search and speculative decoding need this)."""
+    ids = random_ids(CONFIG.vocab_size, (1, 10))
+    other = random_ids(CONFIG.vocab_size, (1, 3), seed=1)
+    cache = model.new_cache(batch_size=1, max_len=10)
+    with torch.no_grad():
+        model(ids[:, :7], 0, causal=True, cache=cache, start_pos=0)
+        model(ids[:, 7:10], 0, causal=True, cache=cache, start_pos=7)  # one continuation, then back to slot 7
+        rewound = [model(other[:, t : t + 1], 0, causal=True, cache=cache, start_pos=7 + t) for t in range(3)]
+        full = model(torch.cat([ids[:, :7], other], dim=1), 0, causal=True)
+        first = model(ids, 0, causal=True)
+    torch.testing.assert_close(torch.cat(rewound, dim=1), full[:, 7:], rtol=0, atol=TOL)
+    assert (full[:, 7:] - first[:, 7:]).abs().max() > 1e-2  # the abandoned continuation would have shown
+
+
 def test_kv_cache_keeps_left_padding_masked(model):
     ids = random_ids(CONFIG.vocab_size, (1, 8))[0]
     padded, _ = pad(ids, 4, "left")
@@ -168,6 +184,47 @@ def test_models_without_language_embeddings_ignore_langs():
     ids = random_ids(211, (1, 5))
     with torch.no_grad():
         assert torch.equal(model(ids, causal=False), model(ids, 3, causal=False))
+
+
+def test_init_weights_gives_the_original_statistics():
+    """Embeddings N(0, C^-1/2) with a zero padding row (the original's `Embedding`), nn.Linear's default
+    U(-1/sqrt(I), 1/sqrt(I)) (the original leaves it), LayerNorm 1 and 0, a zero output bias."""
+    C = 256
+    torch.manual_seed(0)
+    model = XLM(dataclasses.replace(CONFIG, vocab_size=2000, dim=C, n_heads=8))
+    words = model.embeddings.weight.detach()
+    assert torch.equal(words[CONFIG.pad_id], torch.zeros(C))
+    for table in (torch.cat([words[: CONFIG.pad_id], words[CONFIG.pad_id + 1 :]]), model.position_embeddings.weight):
+        assert abs(table.mean().item()) < 1e-3 and table.std().item() == pytest.approx(C**-0.5, rel=0.01)
+    assert model.lang_embeddings.weight.std().item() == pytest.approx(C**-0.5, rel=0.1)  # 2 x 256 values only
+    for lin in (model.blocks[0].attention.q_lin, model.blocks[1].ffn.lin1, model.blocks[1].ffn.lin2):
+        bound = lin.in_features**-0.5
+        assert lin.weight.abs().max().item() <= bound and lin.bias.abs().max().item() <= bound
+        assert lin.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.02)  # a uniform's std
+    norms = [model.layer_norm_emb, *(n for b in model.blocks for n in (b.layer_norm1, b.layer_norm2))]
+    assert all(torch.equal(n.weight, torch.ones(C)) and torch.equal(n.bias, torch.zeros(C)) for n in norms)
+    assert torch.equal(model.output_bias, torch.zeros(2000))
+
+
+def test_tlm_positions_restart_for_the_second_sentence_as_in_transformers(tiny_checkpoint):
+    """TLM (the paper's section 3.3): an English sentence and its French translation in one row, positions
+    restarting at 0 for the second and a language id per position. Explicit `positions` give transformers'
+    logits (its `position_ids`), and differ from the default positions (so they are not ignored)."""
+    from xlm.checkpoint import load_pretrained
+    from xlm.parity import load_transformers_model
+
+    path = tiny_checkpoint("xlm-mlm-tlm-xnli15-1024")
+    ours, theirs = load_pretrained(path), load_transformers_model(path)
+    en, fr = ours.config.lang2id["en"], ours.config.lang2id["fr"]
+    ids = random_ids(ours.config.vocab_size, (2, 11))
+    positions = torch.cat([torch.arange(5), torch.arange(6)]).expand(2, 11)  # (2, 11): 0..4, then 0..5
+    langs = torch.tensor([en] * 5 + [fr] * 6).expand(2, 11)  # (2, 11)
+    with torch.no_grad():
+        mine = ours(ids, langs, causal=False, positions=positions)
+        expected = theirs(input_ids=ids, langs=langs, position_ids=positions).logits
+        default = ours(ids, langs, causal=False)
+    torch.testing.assert_close(mine, expected, rtol=0, atol=TOL)
+    assert (mine - default).abs().max() > 1e-2
 
 
 def test_tied_head_uses_the_embeddings(model):

@@ -49,8 +49,8 @@ def test_scaled_down_presets_match_transformers(tiny_checkpoint, preset, causal)
     torch.testing.assert_close(hidden, ref_hidden, rtol=0, atol=TOL)
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=TOL)
 
-    ours.use_reference_attention()
-    hidden, logits, ref_hidden, ref_logits = run_both(ours, theirs, input_ids, mask, langs, causal)
+    reference = load_pretrained(path, attention="reference")
+    hidden, logits, ref_hidden, ref_logits = run_both(reference, theirs, input_ids, mask, langs, causal)
     assert torch.equal(hidden, ref_hidden) and torch.equal(logits, ref_logits)
 
 
@@ -67,17 +67,16 @@ def test_presets_keep_their_structure_when_scaled_down(tiny_checkpoint):
 @pytest.mark.slow
 def test_full_size_enfr_matches_transformers(full_size_checkpoint):
     ours, theirs = load_pretrained(full_size_checkpoint), load_transformers_model(full_size_checkpoint)
+    reference = load_pretrained(full_size_checkpoint, attention="reference")
     cfg = ours.config
     assert (cfg.vocab_size, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_dim) == (64139, 1024, 6, 8, 4096)
     assert sum(p.numel() for p in ours.parameters()) == 141_848_203
     input_ids, mask, langs = right_padded_batch(cfg, batch=2, seq=48)
     for causal in (False, True):
-        ours.use_reference_attention(False)
         hidden, logits, ref_hidden, ref_logits = run_both(ours, theirs, input_ids, mask, langs, causal)
         torch.testing.assert_close(hidden, ref_hidden, rtol=0, atol=TOL)
         torch.testing.assert_close(logits, ref_logits, rtol=0, atol=TOL)
-        ours.use_reference_attention(True)
-        _, logits, _, ref_logits = run_both(ours, theirs, input_ids, mask, langs, causal)
+        _, logits, _, ref_logits = run_both(reference, theirs, input_ids, mask, langs, causal)
         assert torch.equal(logits, ref_logits), f"reference attention not bit-exact at full size, causal={causal}"
 
 

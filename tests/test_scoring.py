@@ -12,6 +12,7 @@ from conftest import random_ids
 from xlm.checkpoint import load_pretrained
 from xlm.config import PRESETS
 from xlm.errors import InputError
+from xlm.inputs import right_pad
 from xlm.model import XLM
 from xlm.parity import load_transformers_model
 from xlm.scoring import (
@@ -19,7 +20,6 @@ from xlm.scoring import (
     fill_mask,
     length_batches,
     rank_fillers,
-    right_pad,
     sentence_logprob,
     token_logprobs,
 )

@@ -243,11 +243,13 @@ def _no_normal_init() -> Iterator[None]:
         torch.nn.init.normal_ = normal
 
 
-def load_state_dict_into(config: XLMConfig, state: dict[str, Tensor], dtype: torch.dtype, device) -> XLM:
+def load_state_dict_into(
+    config: XLMConfig, state: dict[str, Tensor], dtype: torch.dtype, device, attention: str = "sdpa"
+) -> XLM:
     """Build XLM on the meta device and make `state` (transformers or original names) its parameters."""
     converted = convert_state_dict(state)
     with torch.device("meta"), _no_normal_init():
-        model = XLM(config)
+        model = XLM(config, attention=attention)
     expected = model.state_dict()
     missing = [k for k in expected if k not in converted]
     if missing:
@@ -276,6 +278,7 @@ def load_pretrained(
     objective: Objective | None = None,
     revision: str | None = None,
     local_files_only: bool | None = None,
+    attention: str = "sdpa",
 ) -> XLM:
     """An XLM from a checkpoint: a transformers-layout directory, a weights file with a config, or a hub id.
 
@@ -286,6 +289,7 @@ def load_pretrained(
     config: an `XLMConfig`, or a path to a transformers `config.json` (default: the one in/beside `path`).
     objective: "clm" or "mlm" when the config cannot tell (see `xlm.config.from_hf_config`).
     revision: a hub branch, tag or commit (default main). local_files_only: hub cache only (None: `HF_HUB_OFFLINE`).
+    attention: "sdpa" (default) or "reference", as `XLM(config, attention=...)`.
     Returns the model in eval mode, its parameters in `dtype` on `device`.
     """
     try:
@@ -299,6 +303,6 @@ def load_pretrained(
                 config = from_hf_config(config_path, name=name, objective=objective)
             except ConfigError as err:
                 raise ConfigError(str(err) if str(config_path) in str(err) else f"{config_path}: {err}") from None
-        return load_state_dict_into(config, read_state_dict(weights), dtype, device)
+        return load_state_dict_into(config, read_state_dict(weights), dtype, device, attention)
     except OSError as err:  # an unreadable directory or file met on the way (a permission, a link loop)
         raise CheckpointError(f"cannot read checkpoint {path}: {os_error_message(err)}") from None

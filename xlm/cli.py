@@ -9,9 +9,9 @@
     xlm fill-mask --model CLM_DIR "Paris is the <special1> of France." --candidates capital,heart,city
     xlm parity --synthetic xlm-clm-enfr-1024
 
-Every verb takes --model (a checkpoint directory; hub ids are passed on to the loader) or --synthetic PRESET (a
-seeded random checkpoint, for trying things offline), and --device, --dtype, --fast (xlm/fast.py), --json where
-output is structured.
+generate, score and fill-mask take --model (a checkpoint directory; hub ids are passed on to the loader) or
+--synthetic PRESET (a seeded random checkpoint, for trying things offline), and --device, --dtype, --fast
+(xlm/fast.py), --json; parity, download and convert have options of their own. `xlm --version` prints the version.
 Bad input (unknown language, empty or too long prompt, missing checkpoint, ...) prints one line on stderr and
 exits with code 2. The text-level framing is `--framing original` (XLM's training: `</s> text </s>`, cased for a
 cased vocabulary; the default) or `transformers` (`<s> text </s>`, lowercased as the hub tokenizer_config says).
@@ -20,6 +20,7 @@ cased vocabulary; the default) or `transformers` (`<s> text </s>`, lowercased as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -30,13 +31,14 @@ from pathlib import Path
 
 import torch
 
-from xlm import distributed
+from xlm import __version__, distributed
 from xlm.checkpoint import DTYPES, load_pretrained
 from xlm.cliutil import OneLineParser, run_tool, usable_device
 from xlm.errors import InputError
-from xlm.generate import generate, left_pad
+from xlm.generation import Decoder, generate
+from xlm.inputs import left_pad, right_pad
 from xlm.model import XLM
-from xlm.scoring import MaskFill, corpus_perplexity, fill_mask, rank_fillers, right_pad, token_logprobs
+from xlm.scoring import MaskFill, corpus_perplexity, fill_mask, rank_fillers, token_logprobs
 from xlm.tokenizer import Tokenizer
 
 FRAMINGS = ("original", "transformers")  # = the tokenizer presets
@@ -62,17 +64,41 @@ def load(args: argparse.Namespace) -> tuple[XLM, Tokenizer]:
     else:
         path = args.model
     device = distributed.local_device(usable_device(args.device))  # under torchrun: one GPU per process
-    model = load_pretrained(path, dtype=DTYPES[args.dtype], device=device, objective=args.objective)
-    if args.fast or getattr(args, "compile", False):
-        from xlm.fast import optimize  # builds the CPU kernels on first use (~40 s, then cached)
+    attention = "reference" if getattr(args, "compile", False) else "sdpa"  # what Inductor fuses (xlm.fast)
+    model = load_pretrained(
+        path, dtype=DTYPES[args.dtype], device=device, objective=args.objective, attention=attention
+    )
+    if uses_fast_kernels(args):
+        from xlm.fast import align_weights
 
-        optimize(model, compile_decoding=getattr(args, "compile", False))
+        align_weights(model)
     # Only fill-mask reads `<special1>` in its text; the original framing otherwise encodes `<...>` as text.
     specials = True if getattr(args, "parse_special_tokens", False) else None
     # A weights file (`--model DIR/model.safetensors`) has its tokenizer files beside it, as its config.json.
     tokenizer_source = args.tokenizer or (Path(path).parent if Path(path).is_file() else path)
     tokenizer = Tokenizer.from_pretrained(tokenizer_source, preset=args.framing, parse_special_tokens=specials)
     return model, tokenizer
+
+
+def uses_fast_kernels(args: argparse.Namespace) -> bool:
+    return args.fast or getattr(args, "compile", False)
+
+
+def speed(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """`xlm.fast.kernels()` for --fast/--compile (builds the CPU kernels on first use, ~45 s, then cached)."""
+    if not uses_fast_kernels(args):
+        return contextlib.nullcontext()
+    from xlm.fast import kernels
+
+    return kernels()
+
+
+def decoder(args: argparse.Namespace) -> Decoder:
+    if not uses_fast_kernels(args):
+        return Decoder()
+    from xlm.fast import FastDecoder
+
+    return FastDecoder(compile_decoding=getattr(args, "compile", False))
 
 
 def lang_id(model: XLM, lang: str) -> int:
@@ -119,7 +145,7 @@ def run_generate(args: argparse.Namespace) -> int:
     out = generate(
         model, input_ids, lang, attention_mask=attention_mask, continue_lang=continue_lang,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        generator=generator, allow_mlm=args.allow_mlm,
+        generator=generator, allow_mlm=args.allow_mlm, decoder=decoder(args),
     )  # fmt: skip
     results = []
     for text, ids, new in zip(args.prompt, prompts, out.rows(), strict=True):
@@ -183,7 +209,7 @@ def _score_file(args: argparse.Namespace, model: XLM, tokenizer: Tokenizer, lang
     if distributed.world_size() > 1:
         with distributed.process_group(model.embeddings.weight.device):
             sequences = distributed.encode_lines(tokenizer, lines, args.lang)
-            result = distributed.corpus_perplexity(model, sequences, lang, **options)
+            result = distributed.distributed_corpus_perplexity(model, sequences, lang, **options)
         if result is None:
             return 0  # rank 0 writes the results
     else:
@@ -349,6 +375,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="xlm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"xlm {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     common = [_common_options()]
 
@@ -396,4 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(DELEGATED[argv[0]][0])
         return module.main(argv[1:], prog=f"xlm {argv[0]}")
     args = build_parser().parse_args(argv)
-    return run_tool(f"xlm {args.verb}", lambda: VERBS[args.verb](args))
+    return run_tool(f"xlm {args.verb}", lambda: _run_verb(args))
+
+
+def _run_verb(args: argparse.Namespace) -> int:
+    with speed(args):
+        return VERBS[args.verb](args)

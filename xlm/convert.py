@@ -40,7 +40,7 @@ from xlm.cliutil import OneLineParser, run_tool
 from xlm.config import XLMConfig, from_hf_config
 from xlm.errors import CheckpointError, ConfigError
 from xlm.files import atomic_directory, write_json, write_safetensors
-from xlm.synthetic import SPECIAL_TOKENS
+from xlm.inputs import SPECIAL_TOKENS
 
 try:  # numpy >= 2
     from numpy._core import multiarray
@@ -150,7 +150,7 @@ def vocab_from_dictionary(id2word: Mapping[int, str], word2id: Mapping[str, int]
     n_words = len(id2word)
     if sorted(id2word) != list(range(n_words)) or {w: i for i, w in id2word.items()} != dict(word2id):
         raise CheckpointError("the checkpoint's dico_id2word and dico_word2id do not describe one dictionary")
-    if [id2word[i] for i in range(len(SPECIAL_TOKENS))] != SPECIAL_TOKENS:
+    if tuple(id2word[i] for i in range(len(SPECIAL_TOKENS))) != SPECIAL_TOKENS:
         raise CheckpointError(f"the dictionary does not start with XLM's specials {' '.join(SPECIAL_TOKENS)}")
     vocab: dict[str, int] = {}
     for i in range(n_words):

@@ -75,7 +75,7 @@ def encode_lines(tokenizer: Tokenizer, lines: Sequence[str], lang: str) -> list[
     return sequences
 
 
-def corpus_perplexity(
+def distributed_corpus_perplexity(
     model: XLM,
     sequences: Sequence[Sequence[int]],
     lang: int | None,
@@ -105,4 +105,4 @@ def corpus_perplexity(
     return Perplexity.of_sentences(logprobs, tokens)
 
 
-__all__ = ["corpus_perplexity", "encode_lines", "local_device", "process_group", "world_size"]
+__all__ = ["distributed_corpus_perplexity", "encode_lines", "local_device", "process_group", "world_size"]

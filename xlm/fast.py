@@ -1,27 +1,36 @@
-"""Faster CPU inference, opt-in: the same model and weights, its matrix products sent to better kernels.
+"""Faster CPU inference, opt-in: the same model and weights, its matrix products computed by better kernels.
 
-    model = xlm.fast.optimize(load_pretrained(path))         # or: xlm generate/score --fast
+    decoder = xlm.fast.FastDecoder()                      # builds the kernels (~45 s once per machine, then cached)
+    out = xlm.generate(model, ids, langs, max_new_tokens=20, decoder=decoder)   # or: xlm generate --fast
+    with xlm.fast.kernels():                              # forwards and scoring: or xlm score --fast
+        logits = model(ids, langs, causal=True)
 
-Nearly all of XLM's inference time is its matrix products (nn.Linear and the tied LM head), and the plain model
-(xlm/model.py) runs them all with `F.linear`: MKL for fp32, oneDNN for bf16. On CPUs both leave time on the
-table in two regimes that matter here (measurements in docs/performance.md):
+Nothing here changes the model (xlm/model.py stays the one readable implementation and holds no hook for this
+file): the speed is composed from outside. `kernels()` is a torch function mode under which every `F.linear`
+call (nn.Linear's and the tied LM head's) runs on `linear` below; `FastDecoder` is a `generate` decoder whose
+step is one C++ call.
+
+Nearly all of XLM's inference time is its matrix products, and the plain model runs them with `F.linear`: MKL
+for fp32, oneDNN for bf16. On CPUs both leave time on the table in two regimes that matter here (measurements
+in docs/performance.md):
 
 - Decoding, 1-2 rows per product: every weight is read once per token, so a step can be no faster than
   streaming the weights from memory. `F.linear` reaches ~30-60% of that speed; `xlm/csrc/gemv.h`, a plain
   C++ loop compiled on first use, comes within a few percent of it in fp32 and bf16. What lies between the
   products (~150 small operations per step) then costs 10-20% more as PyTorch calls, so a whole decoding
-  step of up to 4 rows is one C++ call too, `xlm/csrc/decode_step.cpp` (`fused_decode_one`), the plain
-  model's step written out over the same tensors.
+  step of up to 4 rows is one C++ call too, `xlm/csrc/decode_step.cpp` (`fused_decode_one`): a second
+  implementation of the model's forward pass for one token, held equal to xlm/model.py by
+  tests/test_fast.py (`test_fused_step_equals_decode_one_and_updates_the_cache_alike`).
 - fp32 with many rows (a forward, scoring, prefill): MKL's fp32 GEMM runs at a fraction of oneDNN's speed on
   AMD CPUs (MKL takes slower code paths on non-Intel CPUs); oneDNN's matmul on the *same* weight tensors,
   `torch.ops.mkldnn._linear_pointwise` (what torch.compile's CPU backend calls), is 1.3-1.8x faster.
 
-No weight is transposed or repacked: `optimize` changes which functions compute, and moves memory-mapped
-weights that are not 64-byte aligned into aligned memory (`align_weights`: once, ~0.2 s, no lasting memory
-cost). Results equal the plain model's within float rounding (another summation order: ~1e-6
-relative, tested at 1e-5 on logits and on generated tokens). Inference only (no autograd through the kernels;
-with gradients enabled the plain `F.linear` runs). On CUDA and other devices, or where neither kernel is
-available, `linear` is `F.linear`: cuBLAS is already good at this.
+No weight is transposed or repacked. Memory-mapped weights that are not 64-byte aligned run a few percent slower
+in the decoding kernel: `align_weights(model)` moves them into aligned memory (same values; `xlm --fast` does it).
+Results equal the plain model's within float rounding (another summation order: ~1e-6 relative, tested at 1e-5
+on logits and on generated tokens). Inference only (no autograd through the kernels; with gradients enabled the
+plain `F.linear` runs). On CUDA and other devices, or where neither kernel is available, `linear` is
+`F.linear`: cuBLAS is already good at this.
 """
 
 from __future__ import annotations
@@ -29,17 +38,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import platform
+import sys
 import warnings
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from xlm.errors import InputError
-from xlm.generate import decode_one
-from xlm.model import XLM, KVCache, attention_reference, attention_sdpa
+from xlm.generation import Decoder, decode_one, prefill
+from xlm.model import XLM, KVCache
 
 GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; at 3-4 rows oneDNN is within 10% (measured)
 KERNEL_DIR = Path(__file__).parent / "csrc"  # gemv.h, gemv.cpp, decode_step.cpp
@@ -63,18 +75,18 @@ def gemv_kernel():
     `gemv(x, w, b)` (gemv.cpp): x @ w.T + b for 1-4 rows; `decode_step(...)` (decode_step.cpp): see
     `fused_decode_one`.
 
-    Built once with torch's C++ extension loader (needs a C++ compiler and ninja; ~40 s) and cached by torch in
-    $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). -march=native: the build is named after this
-    CPU, so a cache shared by different machines never runs one machine's binary on another.
+    Built once with torch's C++ extension loader (needs a C++ compiler and ninja; ~45 s, announced by one line
+    on stderr) and cached by torch in $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). -march=native:
+    the build is named after this CPU, so a cache shared by different machines never runs one machine's binary
+    on another.
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
         return None
     from torch.utils.cpp_extension import load
 
-    cpu = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} {_cpu_model()}"
-    code = b"".join(path.read_bytes() for path in sorted(KERNEL_DIR.iterdir()) if path.suffix in (".h", ".cpp"))
-    recipe = " ".join([cpu, *KERNEL_FLAGS]).encode() + code  # a header or flag edit rebuilds too
-    name = "xlm_kernels_" + hashlib.sha1(recipe).hexdigest()[:10]
+    name = kernel_build_name()
+    if not kernel_is_built(name):
+        print("xlm.fast: compiling the CPU kernels, once per machine (~45 s) ...", file=sys.stderr, flush=True)
     try:
         load(
             name, [str(path) for path in KERNEL_SOURCES], extra_cflags=KERNEL_FLAGS, extra_ldflags=["-fopenmp"],
@@ -86,6 +98,24 @@ def gemv_kernel():
         message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         warnings.warn(f"xlm.fast: the decoding kernel could not be built ({message}); using F.linear", stacklevel=2)
         return None
+
+
+def kernel_build_name() -> str:
+    """The build's name: a hash of this CPU, the flags and the sources, so that any change rebuilds."""
+    cpu = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} {_cpu_model()}"
+    code = b"".join(path.read_bytes() for path in sorted(KERNEL_DIR.iterdir()) if path.suffix in (".h", ".cpp"))
+    recipe = " ".join([cpu, *KERNEL_FLAGS]).encode() + code  # a header or flag edit rebuilds too
+    return "xlm_kernels_" + hashlib.sha1(recipe).hexdigest()[:10]
+
+
+def kernel_is_built(name: str) -> bool:
+    """Whether torch's extension cache already holds the build `name` (then loading it takes ~0.1 s)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # where `load` builds; private, hence guarded
+
+        return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").is_file()
+    except Exception:  # another torch: say nothing rather than fail
+        return True
 
 
 def _cpu_model() -> str:
@@ -102,7 +132,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear(x, weight, bias)` on the fastest kernel for its shape: x (..., I), weight (O, I) -> (..., O).
 
     CPU, fp32/bf16, no autograd: at most GEMV_MAX_ROWS rows -> the streaming kernel (once `gemv_kernel()` has
-    built it: `optimize` does); more rows in fp32 -> oneDNN. Everything else -> F.linear.
+    built it: `kernels()` and `FastDecoder` do); more rows in fp32 -> oneDNN. Everything else -> F.linear.
     """
     if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.dtype != weight.dtype or _needs_grad(x, weight):
         return F.linear(x, weight, bias)
@@ -134,48 +164,70 @@ def _needs_grad(x: Tensor, weight: Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
 
 
-# --- The model ----------------------------------------------------------------------------------------------
+# --- Composing the kernels with the plain model ------------------------------------------------------------
 
 
-class FastLinear(nn.Linear):
-    """nn.Linear whose product is `xlm.fast.linear`: same parameters, same state dict, another kernel."""
+class FastKernels(TorchFunctionMode):
+    """A torch function mode: every `F.linear` call made under it runs on `linear` (the model is not touched).
 
-    def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)
-
-
-def optimize(model: XLM, *, compile_decoding: bool = False) -> XLM:
-    """Route every matrix product of `model` (in place) through `linear`, and give `generate` the one-call
-    decoding step (`fused_decode_one`, batches of up to FUSED_MAX_ROWS rows); returns the model.
-
-    The blocks' nn.Linear modules become `FastLinear` (a class swap: their parameters stay what they are), the
-    LM head's product (`XLM.linear`) becomes `linear`, and `model.decode_step`, which `generate` calls, becomes
-    `fused_decode_one`. Builds the kernels if needed (~40 s the first time on a machine, then cached). On a
-    non-CPU model this does nothing and says so.
-
-    compile_decoding: batches too big for the fused step decode through a torch.compile'd `decode_one`, its
-    attention in the form the compiler fuses (`attend_fusable`): between its 37 matrix products a step runs
-    ~150 small operations (~3 ms of Python and dispatch eagerly, a few fused loops compiled). Dynamic shapes:
-    the first such step compiles (~10-40 s; torch caches the result on disk), then one graph serves every step
-    and cache length.
+    nn.Linear's forward and `XLM.logits` both call `F.linear`, so a forward, a scoring pass or a prefill under
+    this mode sends all its matrix products to the faster kernels; every other operation runs as it is.
     """
-    device = model.embeddings.weight.device
-    if device.type != "cpu":
-        warnings.warn(f"xlm.fast: nothing to do on {device.type}: F.linear already uses its BLAS", stacklevel=2)
-        return model
-    for module in model.modules():
-        if type(module) is nn.Linear:
-            module.__class__ = FastLinear
-    model.linear = linear
-    align_weights(model)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            return linear(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def kernels() -> FastKernels:
+    """`with xlm.fast.kernels(): ...`: the block's matrix products on the faster kernels (builds them if needed)."""
     gemv_kernel()
-    fallback = decode_one
-    if compile_decoding:
-        fallback = torch.compile(decode_one, dynamic=True)
-        for block in model.blocks:
-            block.attention.attend = attend_fusable
-    model.decode_step = functools.partial(fused_decode_one, fallback=fallback)
-    return model
+    return FastKernels()
+
+
+class FastDecoder(Decoder):
+    """A `generate` decoder: the plain prefill under `kernels()`, and each step in one C++ call
+    (`fused_decode_one`, batches of up to FUSED_MAX_ROWS rows), equal to the plain steps within 1e-5.
+
+        xlm.generate(model, ids, langs, max_new_tokens=20, decoder=FastDecoder())
+
+    Builds the kernels if needed (~45 s the first time on a machine, then cached). Steps the fused call cannot
+    take (bigger batches, autograd, other dtypes or devices) run `decode_one` under `kernels()`.
+
+    compile_decoding: those bigger batches decode through a torch.compile'd `decode_one` instead: between its 37
+    matrix products a step runs ~150 small operations (~3 ms of Python and dispatch eagerly, a few fused loops
+    compiled). Dynamic shapes: the first such step compiles (~10-40 s; torch caches the result on disk), then one
+    graph serves every step and cache length. Build the model with `attention="reference"` for it
+    (`load_pretrained(..., attention="reference")`, as `xlm generate --compile` does): Inductor fuses the plain
+    formulation into a few loops over the cached keys, while SDPA stays an opaque call (measured: 0.6-1 ms per
+    step less).
+    """
+
+    def __init__(self, *, compile_decoding: bool = False):
+        gemv_kernel()
+        self.fallback: Callable[..., Tensor] = (
+            torch.compile(decode_one, dynamic=True) if compile_decoding else decode_one
+        )
+
+    def prefill(
+        self, model: XLM, input_ids: Tensor, langs: Tensor | None, attention_mask: Tensor, cache: KVCache
+    ) -> Tensor:
+        with FastKernels():
+            return prefill(model, input_ids, langs, attention_mask, cache)
+
+    def step(
+        self, model: XLM, token: Tensor, lang: Tensor | None, cache: KVCache, *, slot: int, position: Tensor,
+        real: Tensor,
+    ) -> Tensor:  # fmt: skip
+        return fused_decode_one(
+            model, token, lang, cache, slot=slot, position=position, real=real, fallback=self._fallback
+        )
+
+    def _fallback(self, *args, **kwargs) -> Tensor:
+        with FastKernels():
+            return self.fallback(*args, **kwargs)
 
 
 WEIGHT_ALIGNMENT = 64  # bytes: a cache line, and what torch's CPU allocator gives
@@ -217,7 +269,7 @@ def fused_decode_one(
     real: Tensor,
     fallback: Callable[..., Tensor] = decode_one,
 ) -> Tensor:
-    """`decode_one` (xlm/generate.py) in one C++ call, `xlm/csrc/decode_step.cpp`: logits (B, V) in fp32.
+    """`decode_one` (xlm/generation.py) in one C++ call, `xlm/csrc/decode_step.cpp`: logits (B, V) in fp32.
 
     The same arguments and the same cache updates. Between the matrix products, a step's small operations run
     as plain loops instead of ~150 PyTorch calls, which leaves a batch-1 step within a few percent of the time
@@ -251,7 +303,7 @@ def _step_weights(model: XLM) -> list[Tensor]:
     the parameters themselves are read from those modules at every call, so one replaced later (e.g. by
     `load_state_dict(..., assign=True)`) is the one used.
     """
-    slots = model.__dict__.get("_step_parameter_slots")
+    slots = _PARAMETER_SLOTS.get(model)
     if slots is None:
         parts = [model.embeddings, model.position_embeddings, model.layer_norm_emb]
         for block in model.blocks:
@@ -263,8 +315,11 @@ def _step_weights(model: XLM) -> list[Tensor]:
         slots.append((model, "output_bias"))
         if model.lang_embeddings is not None:
             slots.append((model.lang_embeddings, "weight"))
-        model.__dict__["_step_parameter_slots"] = slots
+        _PARAMETER_SLOTS[model] = slots
     return [module._parameters[name] for module, name in slots]
+
+
+_PARAMETER_SLOTS: weakref.WeakKeyDictionary[XLM, list] = weakref.WeakKeyDictionary()  # model -> its step's slots
 
 
 def _fusable(model: XLM, weights: list[Tensor], token: Tensor, cache: KVCache) -> bool:
@@ -280,34 +335,18 @@ def _fusable(model: XLM, weights: list[Tensor], token: Tensor, cache: KVCache) -
     )
 
 
-def attend_fusable(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float = 0.0) -> Tensor:
-    """`attention_sdpa` when run eagerly; under torch.compile, `attention_reference`, which Inductor fuses.
-
-    The fused SDPA kernel is an opaque call to the compiler, ~0.1 ms per layer per decoding step on CPU (more
-    in bf16); the plain formulation compiles into a few loops over the cached keys (measured: -0.6 to -1 ms per
-    step). Eagerly, SDPA stays the faster of the two. Shapes as in xlm/model.py.
-    """
-    if torch.compiler.is_compiling():
-        return attention_reference(q, k, v, allowed, dropout_p)
-    return attention_sdpa(q, k, v, allowed, dropout_p)
-
-
-def is_optimized(model: XLM) -> bool:
-    """Whether `optimize` has routed this model's products through `linear`."""
-    return getattr(model, "linear", None) is linear
-
-
 __all__ = [
     "FUSED_MAX_ROWS",
     "GEMV_MAX_ROWS",
     "ONEDNN",
-    "FastLinear",
+    "FastDecoder",
+    "FastKernels",
     "align_weights",
-    "attend_fusable",
     "fused_decode_one",
     "gemv_kernel",
-    "is_optimized",
+    "kernel_build_name",
+    "kernel_is_built",
+    "kernels",
     "linear",
     "onednn_linear",
-    "optimize",
 ]

@@ -27,6 +27,7 @@ Notation used in the shape comments:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 
 from xlm.config import XLMConfig
 from xlm.errors import InputError
+from xlm.inputs import check_input_ids, check_ranges, language_ids, real_tokens
 
 # --- Attention ----------------------------------------------------------------------------------------------
 
@@ -62,6 +64,10 @@ def attention_sdpa(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=1.0)
 
 
+# Which of the two a model computes with is chosen when it is built: XLM(config, attention="reference").
+ATTENTION = {"sdpa": attention_sdpa, "reference": attention_reference}
+
+
 def attention_allowed(key_valid: Tensor, start_pos: int, n_queries: int, causal: bool) -> Tensor:
     """Which keys each query may see: (B, S) real-key flags -> (B, 1, T, S) bool.
 
@@ -83,7 +89,9 @@ class KVCache:
 
     Slot s holds position s of the (possibly left-padded) batch, the same slot for every row. `valid` remembers
     which slots hold real tokens, so that padding stays masked in later calls and positions can be counted.
-    Which slots a call writes is explicit (`start_pos`), so a caller can also rewind.
+    Which slots a call writes is explicit (`start_pos`), so a caller can also rewind: a causal call at slots
+    start_pos..end-1 attends to slots < end only, so what earlier calls left beyond them is ignored, and
+    overwritten as decoding goes on (tests/test_model.py).
     """
 
     def __init__(self, config: XLMConfig, batch_size: int, max_len: int, *, dtype: torch.dtype, device):
@@ -111,7 +119,7 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, config: XLMConfig):
+    def __init__(self, config: XLMConfig, attend: Callable[..., Tensor] = attention_sdpa):
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.attention_dropout
@@ -119,7 +127,7 @@ class MultiHeadAttention(nn.Module):
         self.k_lin = nn.Linear(config.dim, config.dim)
         self.v_lin = nn.Linear(config.dim, config.dim)
         self.out_lin = nn.Linear(config.dim, config.dim)
-        self.attend = attention_sdpa  # or attention_reference: XLM.use_reference_attention()
+        self.attend = attend  # attention_sdpa or attention_reference, fixed when the model is built
 
     def forward(
         self, x: Tensor, allowed: Tensor, kv_cache: tuple[Tensor, Tensor] | None = None, start_pos: int = 0
@@ -164,10 +172,10 @@ class Block(nn.Module):
        └─────────────────┘                  └──────────┘
     """
 
-    def __init__(self, config: XLMConfig):
+    def __init__(self, config: XLMConfig, attend: Callable[..., Tensor] = attention_sdpa):
         super().__init__()
         self.dropout = config.dropout
-        self.attention = MultiHeadAttention(config)
+        self.attention = MultiHeadAttention(config, attend)
         self.layer_norm1 = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.layer_norm2 = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
@@ -183,17 +191,23 @@ class Block(nn.Module):
 
 
 class XLM(nn.Module):
-    """The XLM encoder with its tied language-model head: token ids (B, T) -> logits (B, T, V)."""
+    """The XLM encoder with its tied language-model head: token ids (B, T) -> logits (B, T, V).
 
-    def __init__(self, config: XLMConfig):
+    attention: "sdpa" (PyTorch's fused kernel, the default) or "reference" (the plain formulation, the
+    specification: transformers' bits on CPU). Both compute the same function (docs/parity.md).
+    """
+
+    def __init__(self, config: XLMConfig, *, attention: str = "sdpa"):
         super().__init__()
+        if attention not in ATTENTION:
+            raise InputError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
         self.config = config
         C = config.dim
         self.embeddings = nn.Embedding(config.vocab_size, C, padding_idx=config.pad_id)
         self.position_embeddings = nn.Embedding(config.max_positions, C)
         self.lang_embeddings = nn.Embedding(config.n_langs, C) if config.has_lang_embeddings else None
         self.layer_norm_emb = nn.LayerNorm(C, eps=config.layer_norm_eps)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, ATTENTION[attention]) for _ in range(config.n_layers))
         # The output projection's weight is `embeddings.weight` (tied); only its bias is a parameter of its own.
         # Tying by construction, not by sharing a Parameter, so loading with assign=True cannot untie it.
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
@@ -207,11 +221,6 @@ class XLM(nn.Module):
         with torch.no_grad():
             self.embeddings.weight[self.config.pad_id].zero_()
             self.output_bias.zero_()
-
-    def use_reference_attention(self, reference: bool = True) -> None:
-        """Switch every layer between the fused SDPA kernel and the plain formulation (the specification)."""
-        for block in self.blocks:
-            block.attention.attend = attention_reference if reference else attention_sdpa
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for `batch_size` rows and `max_len` slots, in the model's dtype and device."""
@@ -236,12 +245,9 @@ class XLM(nn.Module):
         )  # fmt: skip
         return self.logits(h)
 
-    # The head's matrix product. xlm/fast.py (opt-in) swaps in a faster CPU kernel on the same weights.
-    linear = staticmethod(F.linear)
-
     def logits(self, h: Tensor) -> Tensor:
         """Hidden states (..., C) -> logits (..., V): the tied word embeddings plus the output bias."""
-        return self.linear(h, self.embeddings.weight, self.output_bias)
+        return F.linear(h, self.embeddings.weight, self.output_bias)
 
     def encode(
         self,
@@ -254,7 +260,6 @@ class XLM(nn.Module):
         cache: KVCache | None = None,
         start_pos: int = 0,
         all_layers: bool = False,
-        check_ranges: bool = True,
     ) -> Tensor:
         """Final hidden states (B, T, C); with `all_layers`, the embedding output and every block's, (L+1, B, T, C).
 
@@ -264,20 +269,19 @@ class XLM(nn.Module):
         attention_mask (B, T): 1 for real tokens, 0 for padding; default `input_ids != pad_id`.
         positions (B, T): position-embedding indices; default: the number of real tokens before each one in its
             row (cached ones included), so left and right padding both give a row the positions 0, 1, 2, ...
+            Explicit positions serve TLM, where each sentence of a pair counts from 0 (the original's
+            `positions` argument).
         cache, start_pos: write this call's keys/values to slots start_pos.. of `cache` and attend to the
             slots before them too (causal only: only then does a cache reproduce a full forward).
-        check_ranges: False skips checking ids, positions and langs against the tables (each check reads a value
-            back to Python: a host sync on a GPU, a graph break for torch.compile); for generate's decode steps,
-            whose inputs are the model's own predictions.
+        Bad input raises InputError (xlm/inputs.py holds the checks and defaults).
         """
-        B, T = self._check_shape(input_ids, cache, start_pos, causal)
-        real = input_ids.ne(self.config.pad_id) if attention_mask is None else attention_mask.bool()  # (B, T)
+        B, T = self._check_call(input_ids, cache, start_pos, causal)
+        real = real_tokens(input_ids, attention_mask, self.config.pad_id)  # (B, T) bool
         key_valid = real if cache is None else cache.record(start_pos, real)  # (B, S)
         if positions is None:
             positions = (key_valid.cumsum(dim=1) - 1).clamp(min=0)[:, start_pos:]  # (B, T)
-        langs = self._language_ids(langs, B, T)
-        if check_ranges:
-            self._check_ranges(input_ids, positions, langs)
+        langs = language_ids(self.config, langs, B, T, self.embeddings.weight.device)  # (B, T) or None (no table)
+        check_ranges(self.config, input_ids, positions, langs)
         allowed = attention_allowed(key_valid, start_pos, T, causal)  # (B, 1, T, S)
         keep = real.unsqueeze(-1).to(self.embeddings.weight.dtype)  # (B, T, 1): zeroes padded positions
 
@@ -291,39 +295,15 @@ class XLM(nn.Module):
             layers.append(x)
         return torch.stack(layers) if all_layers else x
 
-    # --- input checks: a clear error instead of an index error deep inside, or a silent wrong answer ----------
-
-    def _check_shape(self, input_ids: Tensor, cache: KVCache | None, start_pos: int, causal: bool) -> tuple:
-        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32) or input_ids.size(1) == 0:
-            raise InputError(f"input_ids must be a non-empty (B, T) integer tensor, got {tuple(input_ids.shape)}")
+    def _check_call(self, input_ids: Tensor, cache: KVCache | None, start_pos: int, causal: bool) -> tuple:
+        """(B, T) of a well-formed call: ids (xlm/inputs.py), and a cache used the one way it is exact."""
+        B, T = check_input_ids(input_ids)
         if cache is not None and not causal:
             raise InputError("a KV cache reproduces a full forward only under causal attention: pass causal=True")
         if cache is None and start_pos != 0:
             raise InputError("start_pos is a cache slot: it needs a cache")
-        if cache is not None and cache.valid.size(0) != input_ids.size(0):
-            raise InputError(f"the cache has {cache.valid.size(0)} rows, input_ids {input_ids.size(0)}")
-        return tuple(input_ids.shape)
-
-    def _language_ids(self, langs: Tensor | int | None, B: int, T: int) -> Tensor | None:
-        """One id, (B,) or (B, T) -> (B, T); None only for models without language embeddings."""
-        if self.lang_embeddings is None:
-            return None  # a model trained without language embeddings ignores them, as in the original
-        if langs is None:
-            names = ", ".join(f"{n}={i}" for n, i in self.config.lang2id.items())
-            raise InputError(f"this model has language embeddings ({names}): pass langs")
-        device = self.embeddings.weight.device
-        langs = torch.as_tensor(langs, dtype=torch.long, device=device)
-        if langs.dim() == 1 and langs.size(0) == B:
-            langs = langs[:, None]  # (B, 1)
-        if langs.dim() > 2 or (langs.dim() == 2 and langs.size(1) not in (1, T)):
-            raise InputError(f"langs must be one id, (B,) or (B, T) = ({B}, {T}); got {tuple(langs.shape)}")
-        return langs.expand(B, T)
-
-    def _check_ranges(self, input_ids: Tensor, positions: Tensor, langs: Tensor | None) -> None:
-        cfg = self.config
-        if input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size:
-            raise InputError(f"token ids must be in 0..{cfg.vocab_size - 1}")
-        if positions.shape != input_ids.shape or positions.min() < 0 or positions.max() >= cfg.max_positions:
-            raise InputError(f"positions must be (B, T) in 0..{cfg.max_positions - 1}: XLM has learned positions")
-        if langs is not None and (langs.min() < 0 or langs.max() >= cfg.n_langs):
-            raise InputError(f"language ids must be in 0..{cfg.n_langs - 1} ({', '.join(cfg.languages)})")
+        if cache is not None and cache.valid.size(0) != B:
+            raise InputError(f"the cache has {cache.valid.size(0)} rows, input_ids {B}")
+        if cache is not None and not 0 <= start_pos <= cache.max_len - T:
+            raise InputError(f"the cache holds {cache.max_len} positions; this call needs {start_pos + T}")
+        return B, T

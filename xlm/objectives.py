@@ -26,8 +26,8 @@ from torch import Tensor
 
 from xlm.data import TrainBatch
 from xlm.errors import InputError
+from xlm.inputs import SPECIAL_TOKENS
 from xlm.model import XLM
-from xlm.tokenizer import SPECIAL_TOKENS
 
 IGNORE = -100  # the label of a position that is not predicted (cross_entropy's and transformers' ignore_index)
 

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from xlm.config import XLMConfig
 from xlm.errors import InputError
-from xlm.generate import UNKNOWN_OBJECTIVE, pad_ids, require_causal_lm
+from xlm.generation import UNKNOWN_OBJECTIVE, require_causal_lm
+from xlm.inputs import check_input_ids, real_tokens, right_pad
 from xlm.model import XLM
 
 LOGITS_CHUNK = 256  # positions per LM-head call: 256 x 64,139 fp32 logits = 66 MB, whatever the batch
@@ -53,8 +54,9 @@ def token_logprobs(
     The LM head runs only on the positions that predict a real token, in chunks of LOGITS_CHUNK.
     """
     require_causal_lm(model.config, allow_mlm)
+    check_input_ids(input_ids)
     input_ids = input_ids.to(model.embeddings.weight.device)
-    mask = input_ids.ne(model.config.pad_id) if attention_mask is None else attention_mask.to(input_ids.device).bool()
+    mask = real_tokens(input_ids, attention_mask, model.config.pad_id)  # (B, T) bool
     h = model.encode(input_ids, langs, causal=True, attention_mask=mask)  # (B, T, C)
     scored = mask[:, 1:] & mask[:, :-1]  # (B, T-1): x_t is real and so is the token that predicts it
     logprobs = torch.zeros(scored.shape, dtype=torch.float32, device=h.device)  # (B, T-1)
@@ -140,8 +142,10 @@ def corpus_perplexity(
 
 
 def check_corpus(model: XLM, sequences: Sequence[Sequence[int]], allow_mlm: bool = False) -> None:
-    """A causal LM, and no sentence longer than the model's positions."""
+    """A causal LM, at least one sentence, and none longer than the model's positions."""
     require_causal_lm(model.config, allow_mlm)
+    if len(sequences) == 0:
+        raise InputError("no sentences to score: the perplexity of an empty corpus is undefined")
     limit = model.config.max_positions
     for index, ids in enumerate(sequences):
         if len(ids) > limit:
@@ -178,11 +182,6 @@ def length_batches(sequences: Sequence[Sequence[int]], max_batch_tokens: int) ->
     return batches
 
 
-def right_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Sequences -> input_ids (B, T) padded on the right, attention_mask (B, T) bool."""
-    return pad_ids(sequences, pad_id, side="right")
-
-
 # --- Fill-mask ----------------------------------------------------------------------------------------------
 
 
@@ -214,7 +213,8 @@ def fill_mask(
     require_masked_lm(model.config)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise InputError(f"top_k must be a positive integer, got {top_k!r}")
-    mask = input_ids.ne(model.config.pad_id) if attention_mask is None else attention_mask.bool()
+    check_input_ids(input_ids)
+    mask = real_tokens(input_ids, attention_mask, model.config.pad_id)  # (B, T) bool
     where = ((input_ids == model.config.mask_id) & mask).nonzero()  # (N, 2): row, position
     if where.numel() == 0:
         raise InputError(f"no mask token <special1> (id {model.config.mask_id}) in the input")
@@ -277,7 +277,6 @@ __all__ = [
     "fill_mask",
     "length_batches",
     "rank_fillers",
-    "right_pad",
     "score_batch",
     "sentence_logprob",
     "target_logprobs",

@@ -25,8 +25,8 @@ import torch
 
 from xlm.config import PRESETS, XLMConfig
 from xlm.errors import XLMError
+from xlm.inputs import SPECIAL_TOKENS
 
-SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>"] + [f"<special{i}>" for i in range(10)]  # ids 0..13
 # Characters of the synthetic tokenizer: printable ASCII and the Latin-1 letters (French, German, ...).
 ALPHABET = [c for c in string.printable if not c.isspace()] + [
     chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7)
@@ -81,7 +81,7 @@ def save_synthetic_tokenizer(config: XLMConfig, directory: Path, lowercase: bool
 
     Ids: the 14 specials, then the pieces, then `<unused{i}>` fillers up to the model's vocabulary size.
     """
-    pieces = SPECIAL_TOKENS + [piece for c in ALPHABET for piece in (c, c + "</w>")]
+    pieces = [*SPECIAL_TOKENS] + [piece for c in ALPHABET for piece in (c, c + "</w>")]
     if len(pieces) > config.vocab_size:
         raise XLMError(f"a synthetic tokenizer needs a vocabulary of >= {len(pieces)}, not {config.vocab_size}")
     pieces += [f"<unused{i}>" for i in range(config.vocab_size - len(pieces))]

@@ -35,7 +35,6 @@ that continues a word does not (`mon`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 import operator
@@ -48,11 +47,8 @@ import torch
 from xlm.bpe import END_OF_WORD, Merge, make_bpe, parse_merges, piece_from_fastbpe, read_merges
 from xlm.errors import CheckpointError, TokenizerError
 from xlm.hub import resolve_tokenizer
+from xlm.inputs import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, Batch
 from xlm.moses import MosesPipeline, lowercase_and_remove_accents
-
-SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>", *(f"<special{i}>" for i in range(10)))
-BOS_ID, EOS_ID, PAD_ID, UNK_ID = 0, 1, 2, 3
-MASK_ID = 5  # <special1>
 
 PRESETS = ("transformers", "original")
 # The id that opens a sequence. Original XLM used </s> at both ends ("we use <EOS> for <BOS> everywhere").
@@ -64,36 +60,6 @@ CONFIG_FILE = "tokenizer_config.json"
 
 # Longest first, so that the alternation takes the longest special token that starts at a position.
 _SPECIAL_TOKEN = re.compile("|".join(map(re.escape, sorted(SPECIAL_TOKENS, key=len, reverse=True))))
-
-
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    """Padded model inputs for B texts of at most T tokens, passed by name: `model(**batch, causal=True)`.
-
-    input_ids       (B, T) long   token ids, `<pad>` (2) where a row is shorter than T
-    attention_mask  (B, T) long   1 for a real token, 0 for padding (long, like transformers' tokenizers)
-    langs           (B, T) long   language id of every position, padding included (as in XLM's training)
-
-    transformers' `XLMWithLMHeadModel` takes the same three names (`model(**batch)`).
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    langs: torch.Tensor
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """(B,) long: the number of real tokens in each row."""
-        return self.attention_mask.sum(dim=1)
-
-    def keys(self) -> list[str]:
-        return [field.name for field in dataclasses.fields(self)]
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return getattr(self, name)
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{name: self[name].to(device) for name in self.keys()})
 
 
 class Tokenizer:

@@ -1,11 +1,14 @@
-// One decoding step of XLM in one call: what xlm/generate.py's `decode_one` computes (embeddings, every block
+// One decoding step of XLM in one call: what xlm/generation.py's `decode_one` computes (embeddings, every block
 // over the KV cache, the LM head, for one new token per row), written out over the model's own tensors.
 //
 // Why: at batch 1 a step's 37 matrix products read every weight once, and that is the bound. What lies between
 // them is small (LayerNorms, attention over the cache, GELU, residuals and cache writes on vectors of C = 1024):
 // as PyTorch operations it costs ~3 ms of Python and dispatch per step (1.5-2 ms compiled), 10-20% of a step.
 // Here those are loops of microseconds; GELU and the residual additions run inside the products' own loops.
-// xlm/model.py is the specification; tests/test_fast.py holds this step to it.
+// This is a second implementation of XLM's forward pass (for one new token per row). xlm/model.py is the
+// specification; tests/test_fast.py holds this step to it: test_fused_step_equals_decode_one_and_updates_the_cache_alike
+// (logits within 1e-5, the same cache writes) and test_fused_generation_gives_the_plain_tokens_and_never_falls_back.
+// A change to the model's computation must be made here too, or those tests fail.
 //
 // Shapes (B rows, C width, H heads, D = C / H, F FFN width, S_max cache slots, V vocabulary, L layers):
 //   token, position (B,) int64; lang (B,) int64 or None; real (B,) bool, false for finished rows (fed <pad>)
