@@ -27,6 +27,11 @@ class InputError(XLMError):
     """Model inputs that the model cannot take: ids or languages out of range, too many positions."""
 
 
+class DataError(XLMError):
+    """Training data that cannot be prepared or read: missing or empty files, misaligned pairs, a corpus
+    prepared with another vocabulary, a truncated or corrupt array."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr and exit code 2, not a usage dump."""
 
