@@ -168,7 +168,7 @@ def check_config(cfg: TrainConfig) -> None:
     if len(sources) != 1:
         raise ConfigError("give exactly one of --init CHECKPOINT, --preset NAME, --model-config CONFIG.json")
     if cfg.init is None and cfg.tokenizer is None:
-        raise ConfigError("a model built from scratch needs --tokenizer DIR (the vocabulary the data was prepared with)")
+        raise ConfigError("a model built from scratch needs --tokenizer DIR (the vocabulary of the prepared data)")
     if cfg.preset is not None and cfg.preset.removeprefix("FacebookAI/") not in PRESETS:
         raise ConfigError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
     if not cfg.steps_of:
@@ -257,22 +257,21 @@ def build_model(cfg: TrainConfig, weights: str | Path | None) -> XLM:
 
 
 class Objectives(nn.Module):
-    """Model + objective -> (loss summed over this process's predicted tokens, their number).
+    """Model + objective -> (loss summed over the batch's predicted tokens, their number).
 
     This is the module that DistributedDataParallel wraps: DDP synchronises the gradients of what runs inside its
     own forward, and the objectives call the model's parts (encode, logits) rather than its forward.
     """
 
-    def __init__(self, model: XLM, mask_options: dict[str, Any]):
+    def __init__(self, model: XLM):
         super().__init__()
         self.model = model
-        self.mask_options = mask_options
 
-    def forward(self, objective: str, batch: data.TrainBatch, rows: tuple[int, int], generator: torch.Generator):
-        """batch: the global batch; rows: this process's share of it; generator: draws the MLM mask."""
+    def forward(self, objective: str, batch: data.TrainBatch) -> tuple[Tensor, int]:
+        """batch: this process's rows; for MLM/TLM masked already (labels set), on the global batch."""
         if objective == "clm":
-            return objectives.clm_loss(self.model, batch.rows(*rows))
-        return objectives.mlm_loss(self.model, batch, generator, rows=rows, **self.mask_options)
+            return objectives.clm_loss(self.model, batch)
+        return objectives.mlm_loss(self.model, batch)
 
 
 # --- Data: one batch source per step, and which steps an iteration runs -------------------------------------
@@ -286,7 +285,14 @@ def pair_langs(lang: str) -> tuple[str, str] | None:
 def corpus_of(prepared: data.PreparedData, lang: str, where: str) -> data.Corpus | data.ParallelCorpus:
     """The corpus a step reads; a clear error when the data has none for it."""
     pair = pair_langs(lang)
-    found = prepared.mono.get(lang) if pair is None else prepared.para.get(pair)
+    if pair is None:
+        found = prepared.mono.get(lang)
+    elif pair in prepared.para:
+        found = prepared.para[pair]
+    elif pair[::-1] in prepared.para:  # an fr-en step on en-fr data: the same pairs, French first
+        found = prepared.para[pair[::-1]].reversed()
+    else:
+        found = None
     if found is None:
         have = sorted(prepared.mono) + sorted("-".join(p) for p in prepared.para)
         raise InputError(f"no {where} data for {lang} (the prepared data has: {', '.join(have) or 'nothing'})")
@@ -366,6 +372,7 @@ class Run:
     probabilities: dict[str, np.ndarray | None]
     order: np.random.Generator  # draws the steps of each iteration
     mask_generator: torch.Generator  # draws the MLM masks (the same on every process)
+    mask_options: dict[str, Any]  # xlm.objectives.mask_batch's options
     pending: list[tuple[str, str]] = field(default_factory=list)  # the rest of the current iteration
     step: int = 0  # updates done
 
@@ -386,8 +393,8 @@ def open_data(cfg: TrainConfig, tokenizer: Tokenizer) -> tuple[data.PreparedData
 
 
 def check_languages(cfg: TrainConfig, model: XLM, tokenizer: Tokenizer) -> None:
-    if len(tokenizer) != model.config.vocab_size:
-        raise ConfigError(f"the tokenizer has {len(tokenizer)} pieces, the model {model.config.vocab_size}")
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} pieces, the model {model.config.vocab_size}")
     for objective, lang in cfg.steps_of:
         for name in pair_langs(lang) or (lang,):
             if name not in model.config.lang2id:
@@ -408,11 +415,7 @@ def setup(cfg: TrainConfig, device: torch.device, resume: Path | None) -> Run:
         )
         for objective, lang in cfg.steps_of
     }
-    mask_options = dict(word_pred=cfg.word_pred, word_mask_keep_rand=tuple(cfg.word_mask_keep_rand))
-    if cfg.sample_alpha > 0:  # the paper's smoothing: weights count(token) ** -sample_alpha
-        counts = data.token_counts(train_data, model.config.vocab_size)
-        mask_options["pred_probs"] = objectives.smoothed_selection_weights(counts, cfg.sample_alpha)
-    module: nn.Module = Objectives(model, mask_options)
+    module: nn.Module = Objectives(model)
     if world() > 1:
         ids = [device.index] if device.type == "cuda" else None
         module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
@@ -424,8 +427,22 @@ def setup(cfg: TrainConfig, device: torch.device, resume: Path | None) -> Run:
     return Run(
         cfg, device, model, module, optimizer, torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16"),
         sources, valid, sampling_probabilities(cfg, train_data), np.random.default_rng(cfg.seed),
-        torch.Generator().manual_seed(cfg.seed),
+        torch.Generator().manual_seed(cfg.seed), mask_options(cfg, model, train_data),
     )  # fmt: skip
+
+
+def mask_options(cfg: TrainConfig, model: XLM, train_data: data.PreparedData) -> dict[str, Any]:
+    """`xlm.objectives.mask_batch`'s options; with sample_alpha > 0, the frequency-smoothed selection weights."""
+    config = model.config
+    options = dict(
+        mask_id=config.mask_id, vocab_size=config.vocab_size, word_pred=cfg.word_pred,
+        word_mask_keep_rand=tuple(cfg.word_mask_keep_rand),
+    )  # fmt: skip
+    if cfg.sample_alpha > 0:  # the paper's smoothing: weights count(token) ** -sample_alpha
+        counts = torch.from_numpy(train_data.token_counts())
+        weights = objectives.smoothed_selection_weights(counts, cfg.sample_alpha, pad_id=config.pad_id)
+        options["selection_weights"] = weights
+    return options
 
 
 # --- One step: forward and backward on every micro-batch, then one update -----------------------------------
@@ -448,12 +465,15 @@ def train_step(run: Run, objective: str, lang: str) -> dict[str, Any]:
     rows = my_rows(cfg.batch_size)
     loss_sum, count = torch.zeros((), dtype=torch.float64, device=run.device), 0
     for micro in range(cfg.accumulate):
-        batch = run.sources[f"{objective}:{lang}"].next_batch().to(run.device)
+        batch = run.sources[f"{objective}:{lang}"].next_batch()  # the global batch
+        if objective == "mlm":  # drawn on the global batch: the mask does not depend on the number of processes
+            batch = objectives.mask_batch(batch, run.mask_generator, **run.mask_options)
+        batch = batch.rows(*rows).to(run.device)
         last = micro == cfg.accumulate - 1
         no_sync = run.module.no_sync() if world() > 1 and not last else nullcontext()  # all-reduce once, at the end
         with no_sync:
             with autocast(cfg, run.device):
-                loss, n = run.module(objective, batch, rows, run.mask_generator)
+                loss, n = run.module(objective, batch)
             run.scaler.scale(loss).backward()
         loss_sum += loss.detach().double()
         count += int(n)
@@ -501,8 +521,10 @@ def evaluate(run: Run) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(0)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, predicted tokens, correct predictions
         for batch in eval_batches(cfg, run.model, corpus, objective, lang):
+            if objective == "mlm":
+                batch = objectives.mask_batch(batch, generator, **run.mask_options)
             with autocast(cfg, run.device):
-                logits, targets = objectives.predictions(objective, run.model, batch.to(run.device), generator, rows)
+                logits, targets = predictions(run.model, objective, batch.rows(*rows).to(run.device))
             loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             totals += torch.tensor([loss.item(), targets.numel(), (logits.argmax(-1) == targets).sum().item()])
         loss_sum, count, correct = all_sum(totals.tolist(), run.device)
@@ -516,10 +538,24 @@ def evaluate(run: Run) -> dict[str, Any]:
 def eval_batches(cfg: TrainConfig, model: XLM, corpus, objective: str, lang: str) -> Iterator[data.TrainBatch]:
     """The held-out corpus once, in order, in global batches (at most `eval_batches` of them)."""
     source = batch_source(cfg, model, corpus, objective, lang, seed=0)
-    for i, batch in enumerate(source.in_order()):
+    for i, batch in enumerate(source.eval_batches()):
         if cfg.eval_batches and i == cfg.eval_batches:
             return
         yield batch
+
+
+def predictions(model: XLM, objective: str, batch: data.TrainBatch) -> tuple[Tensor, Tensor]:
+    """Logits (P, V) at the predicted positions and their targets (P,): what the objectives' losses compare."""
+    causal = objective == "clm"
+    h = model.encode(
+        batch.input_ids, batch.langs, causal=causal, attention_mask=batch.attention_mask, positions=batch.positions
+    )  # (B, T, C)
+    if causal:
+        real = batch.attention_mask.bool()
+        predicted = real[:, :-1] & real[:, 1:]  # (B, T-1): position t has a real next token
+        return model.logits(h[:, :-1][predicted]), batch.input_ids[:, 1:][predicted]
+    predicted = batch.labels != objectives.IGNORE  # (B, T)
+    return model.logits(h[predicted]), batch.labels[predicted]
 
 
 # --- Checkpoints --------------------------------------------------------------------------------------------
@@ -622,7 +658,8 @@ def resume_config(checkpoint: Path, **changes: Any) -> TrainConfig:
     except (OSError, ValueError, TypeError) as err:
         raise CheckpointError(f"--resume {checkpoint}: cannot read {TRAIN_CONFIG}: {err}") from None
     cfg.word_mask_keep_rand = tuple(cfg.word_mask_keep_rand)
-    return dataclasses.replace(cfg, **changes)
+    # The run directory is where the checkpoint is now, wherever the run was started.
+    return dataclasses.replace(cfg, out=str(checkpoint.parent), **changes)
 
 
 def restore(run: Run, checkpoint: Path) -> None:
