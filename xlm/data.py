@@ -54,7 +54,7 @@ BLOCK_LINES = 100_000  # lines tokenized per call: bounds the memory of a large 
 # --- Prepared corpora ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays/tensors: no field-wise ==
 class Corpus:
     """One language's sentences: ids (N,) of all sentences back to back, offsets (n+1,) int64.
 
@@ -96,7 +96,7 @@ class Corpus:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays/tensors: no field-wise ==
 class ParallelCorpus:
     """Two line-aligned corpora: `first.sentence(i)` (in langs[0]) translates `second.sentence(i)`."""
 
@@ -112,7 +112,7 @@ class ParallelCorpus:
         return ParallelCorpus((self.langs[1], self.langs[0]), self.second, self.first)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays/tensors: no field-wise ==
 class PreparedData:
     """One split of a prepared directory: its monolingual corpora and pairs, memory-mapped."""
 
@@ -166,25 +166,8 @@ def prepare(
     workers: tokenizer processes. force: replace an existing `out_dir/split`.
     The split directory appears complete or not at all (written aside, then renamed).
     """
-    mono, para = dict(mono or {}), dict(para or {})
-    if not mono and not para:
-        raise DataError("nothing to prepare: give monolingual files and/or parallel pairs")
-    _check_name(split, "split")
-    if tokenizer.preset != "original":
-        raise DataError("prepare tokenizes as XLM's training did: load the tokenizer with preset='original'")
-    for lang in [*mono, *(lang for pair in para for lang in pair)]:
-        _check_language(tokenizer, lang)
-    for (l1, l2), (path1, path2) in para.items():
-        if l1 == l2:
-            raise DataError(f"a parallel pair needs two different languages, got {l1}-{l2}")
-        n1, n2 = _count_lines(path1), _count_lines(path2)
-        if n1 != n2:
-            raise DataError(f"{path1} has {n1} lines but {path2} has {n2}: parallel files must be line-aligned")
-    for path in [*mono.values(), *(p for pair in para.values() for p in pair)]:
-        _count_lines(path)  # a missing or empty file fails now, before any tokenization
-    out_dir = Path(out_dir)
-    if (out_dir / split).exists() and not force:
-        raise DataError(f"{out_dir / split} already exists; pass force=True (--force) to replace it")
+    mono, para, out_dir = dict(mono or {}), dict(para or {}), Path(out_dir)
+    _check_sources(out_dir, tokenizer, mono, para, split, force)
     header = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -208,6 +191,30 @@ def prepare(
             }
         (tmp / HEADER_FILE).write_text(json.dumps(header, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out_dir
+
+
+def _check_sources(out_dir: Path, tokenizer: Tokenizer, mono: dict, para: dict, split: str, force: bool) -> None:
+    """Everything that can be checked before tokenizing: names, languages, files, line counts, the directory."""
+    if not mono and not para:
+        raise DataError("nothing to prepare: give monolingual files and/or parallel pairs")
+    _check_name(split, "split")
+    if tokenizer.preset != "original":
+        raise DataError("prepare tokenizes as XLM's training did: load the tokenizer with preset='original'")
+    for lang in [*mono, *(lang for pair in para for lang in pair)]:
+        _check_language(tokenizer, lang)
+    for (l1, l2), (path1, path2) in para.items():
+        if l1 == l2:
+            raise DataError(f"a parallel pair needs two different languages, got {l1}-{l2}")
+        n1, n2 = _count_lines(path1), _count_lines(path2)
+        if n1 != n2:
+            raise DataError(f"{path1} has {n1} lines but {path2} has {n2}: parallel files must be line-aligned")
+    for path in mono.values():
+        _count_lines(path)  # a missing, empty or non-UTF-8 file fails now, not after hours of tokenizing
+    if (out_dir / split).exists() and not force:
+        raise DataError(f"{out_dir / split} already exists; pass force=True (--force) to replace it")
+    for sibling in sorted(out_dir.glob(f"*/{HEADER_FILE}")) if out_dir.is_dir() else []:
+        if sibling.parent.name != split and _read_header(sibling.parent)["vocab_hash"] != vocab_hash(tokenizer):
+            raise DataError(f"{sibling.parent} was prepared with another vocabulary: one directory, one vocabulary")
 
 
 def _write_corpus(stem: Path, tokenizer: Tokenizer, lang: str, path: Path, workers: int) -> dict:
@@ -258,7 +265,7 @@ def _count_lines(path: str | Path) -> int:
         with _open_text(Path(path)) as f:
             count = sum(1 for _ in f)
     except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+        raise DataError(f"{path} is not UTF-8 text ({err.reason})") from None
     if count == 0:
         raise DataError(f"{path} is empty: nothing to prepare")
     return count
@@ -319,6 +326,9 @@ def _read_header(directory: Path) -> dict:
     missing = [k for k in ("vocab_hash", "vocab_size", "dtype", "mono", "para") if k not in header]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}")
+    names = [*header["mono"], *(lang for pair in header["para"] for lang in pair.split("-"))]
+    if not all(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+", name) for name in names):
+        raise DataError(f"{path} names a corpus that is not a language or a pair of languages")
     return header
 
 
@@ -346,7 +356,7 @@ def _map_array(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
 # --- Batches ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays/tensors: no field-wise ==
 class TrainBatch:
     """Model inputs for one step, all (B, T) tensors, passed as `model(b.input_ids, b.langs, positions=..., ...)`.
 
@@ -397,7 +407,10 @@ class StreamBatches:
     ):
         if batch_size < 1 or bptt < 2:
             raise DataError(f"stream batches need batch_size >= 1 and bptt >= 2, got {batch_size} and {bptt}")
+        if len(corpus) == 0:
+            raise DataError(f"the {corpus.lang} corpus has no sentences: no stream batches")
         stream = corpus.stream(eos_id)  # (N + n,)
+        self.n_tokens = len(stream)  # ids and </s> separators
         self.n_windows = math.ceil(len(stream) / (batch_size * bptt))
         buffer = np.full(self.n_windows * bptt * batch_size, eos_id, dtype=stream.dtype)
         buffer[len(buffer) - len(stream) :] = stream
@@ -405,6 +418,7 @@ class StreamBatches:
         self.streams = np.concatenate([first, buffer.reshape(batch_size, -1)], axis=1)  # (bs, n_windows*bptt + 1)
         self.lang_id, self.batch_size, self.bptt, self.seed = lang_id, batch_size, bptt, seed
         self.epoch, self.index = 0, 0
+        self._order, self._order_epoch = np.empty(0, dtype=np.int64), -1  # this epoch's window order, once drawn
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -413,16 +427,17 @@ class StreamBatches:
     def window(self, i: int) -> TrainBatch:
         """Window i: tokens i*bptt .. (i+1)*bptt - 1 of every stream, positions 0..bptt-1, one language."""
         ids = torch.from_numpy(self.streams[:, i * self.bptt : (i + 1) * self.bptt].astype(np.int64))  # (B, bptt)
-        positions = torch.arange(self.bptt).expand_as(ids)
+        positions = torch.arange(self.bptt).repeat(len(ids), 1)  # (B, bptt)
         return TrainBatch(ids, torch.full_like(ids, self.lang_id), positions, torch.ones_like(ids, dtype=torch.bool))
 
     def next_batch(self) -> TrainBatch:
         """The next global batch: deterministic from the seed and the number of batches drawn so far."""
         if self.index == self.n_windows:
             self.epoch, self.index = self.epoch + 1, 0
-        order = _epoch_permutation(self.seed, self.epoch, self.n_windows)
+        if self._order_epoch != self.epoch:
+            self._order, self._order_epoch = _epoch_permutation(self.seed, self.epoch, self.n_windows), self.epoch
         self.index += 1
-        return self.window(int(order[self.index - 1]))
+        return self.window(int(self._order[self.index - 1]))
 
     def eval_batches(self) -> Iterator[TrainBatch]:
         """Every window once, in order (the original's evaluation iterator); leaves the position unchanged."""
@@ -434,16 +449,17 @@ class StreamBatches:
     def load_state_dict(self, state: dict) -> None:
         _check_state(state, "stream", self._shape())
         self.seed, self.epoch, self.index = state["seed"], state["epoch"], state["index"]
+        self._order_epoch = -1
 
     def _shape(self) -> list[int]:
-        return [self.n_windows, self.batch_size, self.bptt]
+        return [self.n_tokens, self.batch_size, self.bptt]
 
 
 class PairBatches:
     """TLM batches as the original's ParallelDataset: pairs of sentences concatenated into one row each.
 
         row:        </s> a1 .. an </s> </s> b1 .. bm </s> <pad> ..
-        positions:  0    1  .. n  n+1  0    1  .. m  m+1  m+2 ..
+        positions:  0    1  .. n  n+1  0    1  .. m  m+1  0     ..
         langs:      l1   l1 .. l1 l1   l2   l2 .. l2 l2   l2 ..
 
     Pairs with an empty side or a side longer than `max_len` ids are left out (the original's train-split
@@ -536,8 +552,9 @@ def concat_pairs(
 ) -> TrainBatch:
     """TLM rows `</s> a </s> </s> b </s>`, right-padded: the original's concat_batches(reset_positions=True).
 
-    Positions restart at 0 at the second sentence's `</s>`; padding continues the second sentence's positions
-    and language, as in the original (both are masked out, so neither value reaches a real token).
+    Positions restart at 0 at the second sentence's `</s>`. Padding takes the second language (as in the
+    original) and position 0 (the original counts on, which can pass the model's 512 positions when
+    max_len > 253); padding is masked out and zeroed, so neither value reaches a real token.
     """
     widths = [len(a) + len(b) + 4 for a, b in zip(first, second, strict=True)]
     B, T = len(widths), max(widths)
@@ -549,6 +566,7 @@ def concat_pairs(
         row_ids = np.concatenate([[eos_id], a, [eos_id, eos_id], b, [eos_id]]).astype(np.int64)
         input_ids[row, : widths[row]] = torch.from_numpy(row_ids)
         positions[row, start:] -= start
+        positions[row, widths[row] :] = 0
         langs[row, start:] = lang_ids[1]
     attention_mask = torch.arange(T) < torch.tensor(widths)[:, None]  # (B, T)
     return TrainBatch(input_ids, langs, positions, attention_mask)

@@ -35,17 +35,25 @@ IGNORE = -100  # the label of a position that is not predicted (cross_entropy's 
 # --- 3.2 CLM ------------------------------------------------------------------------------------------------
 
 
-def clm_loss(model: XLM, batch: TrainBatch) -> tuple[Tensor, int]:
-    """Next-token prediction: position t predicts token t+1, wherever both are real (the original's
-    `pred_mask = alen < lengths - 1`). Returns (summed cross-entropy, number of predicted tokens)."""
+def next_token_targets(batch: TrainBatch) -> Tensor:
+    """(B, T-1) bool: position t predicts token t+1 wherever both are real (the original's
+    `pred_mask = alen < lengths - 1`: on a stream batch, every position but the last)."""
+    real = batch.attention_mask.bool()
+    return real[:, :-1] & real[:, 1:]
+
+
+def clm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
+    """Causal attention; (logits (P, V), targets (P,)) of the P predicted positions."""
     h = model.encode(
         batch.input_ids, batch.langs, causal=True, attention_mask=batch.attention_mask, positions=batch.positions
     )  # (B, T, C)
-    real = batch.attention_mask.bool()
-    predicted = real[:, :-1] & real[:, 1:]  # (B, T-1): position t has a real next token
-    logits = model.logits(h[:, :-1][predicted])  # (P, V): the head on predicted positions only
-    targets = batch.input_ids[:, 1:][predicted]  # (P,)
-    return F.cross_entropy(logits.float(), targets, reduction="sum"), int(predicted.sum())
+    predicted = next_token_targets(batch)  # (B, T-1)
+    return model.logits(h[:, :-1][predicted]), batch.input_ids[:, 1:][predicted]  # the head on (P, C) only
+
+
+def clm_loss(model: XLM, batch: TrainBatch) -> tuple[Tensor, int]:
+    """Next-token prediction: (summed cross-entropy, number of predicted tokens)."""
+    return summed_cross_entropy(*clm_predictions(model, batch))
 
 
 # --- 3.3 MLM ------------------------------------------------------------------------------------------------
@@ -87,6 +95,11 @@ def mask_for_mlm(
     staying, or becoming a uniformly random id of the whole vocabulary. Random draws come from `generator`
     (on its device); the results are on input_ids' device.
     """
+    probs = torch.tensor(word_mask_keep_rand, dtype=torch.float, device=generator.device)
+    if probs.shape != (3,) or probs.min() < 0 or probs.sum() <= 0:
+        raise InputError(f"word_mask_keep_rand must be 3 chances (mask, keep, random), got {word_mask_keep_rand}")
+    if not 0 <= word_pred <= 1:
+        raise InputError(f"word_pred is a fraction of the positions, got {word_pred}")
     device = generator.device
     ids = input_ids.to(device)
     B, T = ids.shape
@@ -104,9 +117,6 @@ def mask_for_mlm(
         predicted = predicted.view(B, T)  # (B * T,) -> (B, T)
 
     originals = ids[predicted]  # (P,)
-    probs = torch.tensor(word_mask_keep_rand, dtype=torch.float, device=device)
-    if probs.shape != (3,) or probs.min() < 0 or probs.sum() <= 0:
-        raise InputError(f"word_mask_keep_rand must be 3 chances (mask, keep, random), got {word_mask_keep_rand}")
     u = torch.rand(originals.shape, generator=generator, device=device) * probs.sum()
     kind = torch.searchsorted(probs.cumsum(0), u, right=True).clamp(max=2)  # (P,): 0 mask, 1 keep, 2 random
     random_ids = torch.randint(vocab_size, originals.shape, generator=generator, device=device)
@@ -128,22 +138,41 @@ def mask_batch(batch: TrainBatch, generator: torch.Generator, **mask_options) ->
 # --- 3.3 MLM and 3.4 TLM: the loss --------------------------------------------------------------------------
 
 
-def mlm_loss(
-    model: XLM, batch: TrainBatch, generator: torch.Generator | None = None, **mask_options
-) -> tuple[Tensor, int]:
-    """Masked-token prediction, bidirectional: MLM on a stream batch, TLM on a pair batch.
-
-    batch: masked already (`mask_batch`, labels set), or masked here with `generator` and `mask_options`
-    (mask_id and vocab_size default to the model's). Returns (summed cross-entropy, number of predicted tokens).
-    """
+def mlm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
+    """Bidirectional attention on a masked batch; (logits (P, V), targets (P,)) of the P masked positions."""
     if batch.labels is None:
-        if generator is None:
-            raise InputError("mlm_loss needs a masked batch (xlm.objectives.mask_batch) or a generator to mask it")
-        options = {"mask_id": model.config.mask_id, "vocab_size": model.config.vocab_size, **mask_options}
-        batch = mask_batch(batch, generator, **options)
+        raise InputError("the batch has no MLM mask: draw one with xlm.objectives.mask_batch")
     h = model.encode(
         batch.input_ids, batch.langs, causal=False, attention_mask=batch.attention_mask, positions=batch.positions
     )  # (B, T, C)
     predicted = batch.labels != IGNORE  # (B, T)
-    logits = model.logits(h[predicted])  # (P, V): the head on predicted positions only
-    return F.cross_entropy(logits.float(), batch.labels[predicted], reduction="sum"), int(predicted.sum())
+    return model.logits(h[predicted]), batch.labels[predicted]  # the head on (P, C) only
+
+
+def mlm_loss(
+    model: XLM, batch: TrainBatch, generator: torch.Generator | None = None, **mask_options
+) -> tuple[Tensor, int]:
+    """Masked-token prediction: MLM on a stream batch, TLM on a pair batch.
+
+    batch: masked already (`mask_batch`, labels set), or masked here with `generator` and `mask_options`
+    (mask_id and vocab_size default to the model's). Returns (summed cross-entropy, number of predicted tokens).
+    """
+    if batch.labels is None and generator is not None:
+        options = {"mask_id": model.config.mask_id, "vocab_size": model.config.vocab_size, **mask_options}
+        batch = mask_batch(batch, generator, **options)
+    return summed_cross_entropy(*mlm_predictions(model, batch))
+
+
+def summed_cross_entropy(logits: Tensor, targets: Tensor) -> tuple[Tensor, int]:
+    """(sum of -log p(target), count), in fp32 whatever the logits' dtype, as the original's `scores.float()`."""
+    return F.cross_entropy(logits.float(), targets, reduction="sum"), targets.numel()
+
+
+def predicted_tokens(batch: TrainBatch, *, causal: bool) -> int:
+    """How many tokens the loss over this batch predicts (CLM if causal, else MLM/TLM on a masked batch): the
+    divisor of a global batch whose rows are summed in several micro-batches or processes."""
+    if causal:
+        return int(next_token_targets(batch).sum())
+    if batch.labels is None:
+        raise InputError("the batch has no MLM mask: draw one with xlm.objectives.mask_batch")
+    return int((batch.labels != IGNORE).sum())
