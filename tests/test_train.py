@@ -244,10 +244,14 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus
 def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
     """The same global batches split over 2 gloo processes: losses within 1e-6, weights within 1e-5 after 6 steps.
 
-    Dropout off (each process draws its own); MLM masks are drawn on the global batch, so they agree.
+    Dropout off (each process draws its own); MLM masks are drawn on the global batch, so they agree. Adam's eps is
+    1e-6 here rather than 1e-8: Adam divides each gradient by its own magnitude, so where the exact gradient is 0
+    or nearly (the key biases, which softmax ignores; an FFN unit that barely fires) it turns the rounding noise of
+    the sums, which differs between one process and two, into steps of ~lr; with eps 1e-8 such weights differ by
+    up to 4e-5 after 6 steps at lr 3e-3, while every other weight agrees within 1e-6.
     """
     args = ["--data", str(corpus), "--init", str(tiny), "--clm", "en", "--mlm", "fr,en-fr", "--steps", "6",
-            "--batch-size", "6", "--bptt", "24", "--optimizer", "adam,lr=0.003", "--dropout", "0",
+            "--batch-size", "6", "--bptt", "24", "--optimizer", "adam,lr=0.003,eps=0.000001", "--dropout", "0",
             "--attention-dropout", "0", "--eval-batches", "2", "--no-progress"]  # fmt: skip
     one = cli([*args, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
@@ -259,11 +263,9 @@ def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
     assert max(abs(a - b) for a, b in zip(single, double, strict=True)) <= 1e-6
     assert len(set(single)) == 6  # the steps differ: the comparison is not of one repeated number
     weights = [load_file(tmp_path / run / "checkpoint-6" / "model.safetensors") for run in ("one", "two")]
-    # Except the key biases: softmax ignores a shift shared by all keys, so their true gradient is exactly 0 and
-    # Adam scales the rounding noise left in it up to steps of ~lr, different in every summation order.
-    compared = [key for key in weights[0] if not key.endswith("k_lin.bias")]
-    assert len(compared) == len(weights[0]) - 2
-    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in compared) <= 1e-5
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) <= 1e-5
+    start = load_file(tiny / "model.safetensors")
+    assert max((weights[0][k] - start[k]).abs().max().item() for k in start) > 1e-3  # the weights did move
     evaluations = [
         json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in ("one", "two")
     ]

@@ -261,6 +261,9 @@ class Objectives(nn.Module):
 
     This is the module that DistributedDataParallel wraps: DDP synchronises the gradients of what runs inside its
     own forward, and the objectives call the model's parts (encode, logits) rather than its forward.
+    The token losses are the objectives' (fp32 cross-entropy of `clm_predictions`/`mlm_predictions`), added up in
+    float64: a sum of thousands of fp32 losses rounds differently when the rows are split between processes
+    (~1e-6 on a mean of 6), a float64 sum does not (~1e-15), so the reported losses compare across set-ups.
     """
 
     def __init__(self, model: XLM):
@@ -269,9 +272,10 @@ class Objectives(nn.Module):
 
     def forward(self, objective: str, batch: data.TrainBatch) -> tuple[Tensor, int]:
         """batch: this process's rows; for MLM/TLM masked already (labels set), on the global batch."""
-        if objective == "clm":
-            return objectives.clm_loss(self.model, batch)
-        return objectives.mlm_loss(self.model, batch)
+        predictions = objectives.clm_predictions if objective == "clm" else objectives.mlm_predictions
+        logits, targets = predictions(self.model, batch)  # (P, V), (P,)
+        losses = nn.functional.cross_entropy(logits.float(), targets, reduction="none")  # (P,)
+        return losses.double().sum(), targets.numel()
 
 
 # --- Data: one batch source per step, and which steps an iteration runs -------------------------------------
@@ -457,33 +461,28 @@ def autocast(cfg: TrainConfig, device: torch.device):
 def train_step(run: Run, objective: str, lang: str) -> dict[str, Any]:
     """One optimizer update on `accumulate` global batches of one step; returns its metrics record.
 
-    Gradients of the summed losses are added up over micro-batches (and averaged over processes by DDP), then
-    multiplied by processes / tokens predicted in the whole step: the gradient of the mean over those tokens.
+    The divisor is known before any forward: the tokens predicted in all the global batches of the step. Each
+    process backpropagates its rows' summed loss times processes / divisor (DDP then averages over processes),
+    so the gradient is that of the mean over those tokens, however the rows are split.
     """
     cfg, started = run.cfg, time.perf_counter()
     run.model.train()
-    rows = my_rows(cfg.batch_size)
-    loss_sum, count = torch.zeros((), dtype=torch.float64, device=run.device), 0
-    for micro in range(cfg.accumulate):
-        batch = run.sources[f"{objective}:{lang}"].next_batch()  # the global batch
-        if objective == "mlm":  # drawn on the global batch: the mask does not depend on the number of processes
-            batch = objectives.mask_batch(batch, run.mask_generator, **run.mask_options)
-        batch = batch.rows(*rows).to(run.device)
-        last = micro == cfg.accumulate - 1
+    batches = [run.sources[f"{objective}:{lang}"].next_batch() for _ in range(cfg.accumulate)]  # global batches
+    if objective == "mlm":  # drawn on the global batch: the mask does not depend on the number of processes
+        batches = [objectives.mask_batch(batch, run.mask_generator, **run.mask_options) for batch in batches]
+    count = sum(objectives.predicted_tokens(batch, causal=objective == "clm") for batch in batches)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    for micro, batch in enumerate(batches):
+        last = micro == len(batches) - 1
         no_sync = run.module.no_sync() if world() > 1 and not last else nullcontext()  # all-reduce once, at the end
         with no_sync:
             with autocast(cfg, run.device):
-                loss, n = run.module(objective, batch)
-            run.scaler.scale(loss).backward()
-        loss_sum += loss.detach().double()
-        count += int(n)
-    total_loss, total_count = all_sum([loss_sum.item(), count], run.device)
+                summed, _ = run.module(objective, batch.rows(*my_rows(len(batch))).to(run.device))
+            run.scaler.scale(summed * (world() / max(count, 1))).backward()
+        loss_sum += summed.detach().double()
+    (total_loss,) = all_sum([loss_sum.item()], run.device)
     run.scaler.unscale_(run.optimizer)
-    parameters = list(run.model.parameters())
-    for p in parameters:
-        if p.grad is not None:
-            p.grad.mul_(world() / max(total_count, 1))
-    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, cfg.clip_grad_norm or math.inf)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad_norm or math.inf)
     lr = learning_rate(run.options, run.step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -492,8 +491,8 @@ def train_step(run: Run, objective: str, lang: str) -> dict[str, Any]:
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
     return {
-        "step": run.step, "objective": objective, "lang": lang, "loss": total_loss / max(total_count, 1),
-        "tokens": int(total_count), "lr": lr, "grad_norm": grad_norm.item(), "seconds": time.perf_counter() - started,
+        "step": run.step, "objective": objective, "lang": lang, "loss": total_loss / max(count, 1), "tokens": count,
+        "lr": lr, "grad_norm": grad_norm.item(), "seconds": time.perf_counter() - started,
     }  # fmt: skip
 
 
@@ -515,7 +514,6 @@ def evaluate(run: Run) -> dict[str, Any]:
     """
     cfg, scores = run.cfg, {"step": run.step, "split": "valid"}
     run.model.eval()
-    rows = my_rows(cfg.batch_size)
     for objective, lang in cfg.steps_of:
         corpus = corpus_of(run.valid, lang, "valid")
         generator = torch.Generator().manual_seed(0)
@@ -523,8 +521,9 @@ def evaluate(run: Run) -> dict[str, Any]:
         for batch in eval_batches(cfg, run.model, corpus, objective, lang):
             if objective == "mlm":
                 batch = objectives.mask_batch(batch, generator, **run.mask_options)
+            predictions = objectives.clm_predictions if objective == "clm" else objectives.mlm_predictions
             with autocast(cfg, run.device):
-                logits, targets = predictions(run.model, objective, batch.rows(*rows).to(run.device))
+                logits, targets = predictions(run.model, batch.rows(*my_rows(len(batch))).to(run.device))
             loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             totals += torch.tensor([loss.item(), targets.numel(), (logits.argmax(-1) == targets).sum().item()])
         loss_sum, count, correct = all_sum(totals.tolist(), run.device)
@@ -542,20 +541,6 @@ def eval_batches(cfg: TrainConfig, model: XLM, corpus, objective: str, lang: str
         if cfg.eval_batches and i == cfg.eval_batches:
             return
         yield batch
-
-
-def predictions(model: XLM, objective: str, batch: data.TrainBatch) -> tuple[Tensor, Tensor]:
-    """Logits (P, V) at the predicted positions and their targets (P,): what the objectives' losses compare."""
-    causal = objective == "clm"
-    h = model.encode(
-        batch.input_ids, batch.langs, causal=causal, attention_mask=batch.attention_mask, positions=batch.positions
-    )  # (B, T, C)
-    if causal:
-        real = batch.attention_mask.bool()
-        predicted = real[:, :-1] & real[:, 1:]  # (B, T-1): position t has a real next token
-        return model.logits(h[:, :-1][predicted]), batch.input_ids[:, 1:][predicted]
-    predicted = batch.labels != objectives.IGNORE  # (B, T)
-    return model.logits(h[predicted]), batch.labels[predicted]
 
 
 # --- Checkpoints --------------------------------------------------------------------------------------------
@@ -730,6 +715,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     from xlm.distributed import local_device, process_group, world_size
 
     check_config(cfg)
+    if cfg.batch_size < world_size():
+        raise ConfigError(f"--batch-size {cfg.batch_size} is fewer rows than the {world_size()} processes")
     checkpoint = find_checkpoint(resume) if resume is not None else None
     device = local_device(torch.device(cfg.device))
     with process_group(device) if world_size() > 1 else nullcontext():
