@@ -217,7 +217,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_the_uninterrupted_run
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(out, reference_run)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "split" in r] == [4, 8]  # evaluations once each, not repeated
+    assert [r["step"] for r in records if "split" in r] == [0, 4, 8]  # evaluations once each, not repeated
 
 
 def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus, tmp_path, reference_run):
@@ -324,3 +324,27 @@ def test_resume_refuses_changed_training_options(tiny, corpus, tmp_path, referen
     assert main(["--resume", str(reference_run), "--optimizer", "adam,lr=1"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--resume continues a run" in err
+
+
+# --- The training page ----------------------------------------------------------------------------------------
+
+
+def test_every_xlm_train_command_of_the_training_page_parses():
+    """docs/training.md's `xlm train` commands (shell blocks, continuation lines joined) use real options."""
+    import re
+    import shlex
+
+    from xlm.train import build_parser
+
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = [
+        line.split("xlm train", 1)[1]
+        for block in blocks
+        for line in block.replace("\\\n", " ").splitlines()
+        if "xlm train" in line
+    ]
+    assert len(commands) >= 6
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command.split("#")[0]))
+        assert args.resume is not None or (args.data and args.out), command

@@ -739,7 +739,9 @@ def loop(run: Run, tokenizer_files: Path, checkpoint: Path | None) -> TrainResul
 
     cfg = run.cfg
     log = MetricsLog(Path(cfg.out) / "metrics.jsonl", run.step if checkpoint is not None else None)
-    bar = tqdm(total=cfg.steps, initial=run.step, disable=not cfg.progress or rank() != 0, unit="step")
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not cfg.progress or rank() != 0, unit="step", mininterval=1.0)
+    if run.valid is not None and cfg.eval_every and run.step == 0:
+        log.write(evaluate(run))  # where training starts from (nanoGPT evaluates at step 0 too)
     while run.step < cfg.steps:
         record = train_step(run, *next_step(run))
         log.write(record)
