@@ -154,6 +154,35 @@ def test_mixed_precision_steps(tiny, corpus, tmp_path, amp):
     assert (scaler.get("scale", 0) > 0) == (amp == "fp16")
 
 
+def test_accumulated_micro_batches_give_the_mean_over_all_their_tokens(tiny, corpus, tmp_path):
+    """accumulate=2: one update with the gradient of the mean loss over both global batches' tokens, computed here
+    by hand on a copy of the model (Adam's eps 1e-6: see the torchrun test for why)."""
+    import copy
+
+    from xlm import objectives
+    from xlm.train import setup, train_step
+
+    cfg = TrainConfig(
+        data=str(corpus), out=str(tmp_path), init=str(tiny), clm=["en"], accumulate=2, batch_size=3, bptt=16,
+        dropout=0.0, attention_dropout=0.0, optimizer="adam,lr=0.001,eps=0.000001", progress=False,
+    )  # fmt: skip
+    run = setup(cfg, torch.device("cpu"), None)
+    reference, source = copy.deepcopy(run.model).train(), copy.deepcopy(run.sources["clm:en"])
+    first, second = source.next_batch(), source.next_batch()
+    record = train_step(run, "clm", "en")
+
+    (sum1, n1), (sum2, n2) = objectives.clm_loss(reference, first), objectives.clm_loss(reference, second)
+    mean = (sum1 + sum2) / (n1 + n2)
+    mean.backward()
+    norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 5.0)
+    torch.optim.AdamW(reference.parameters(), lr=1e-3, eps=1e-6, weight_decay=0.0).step()
+    assert record["tokens"] == n1 + n2 == 2 * 3 * 15  # bptt - 1 predicted tokens per row
+    assert record["loss"] == pytest.approx(mean.item(), rel=1e-6)
+    assert record["grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
+    ours, theirs = run.model.state_dict(), reference.state_dict()
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) <= 1e-6
+
+
 # --- Resume, killed runs and killed saves ---------------------------------------------------------------------
 
 RUN = ["--clm", "en", "--mlm", "en,en-fr", "--steps", "8", "--save-every", "4", "--batch-size", "4", "--bptt", "24",
@@ -301,6 +330,7 @@ def english_only(tmp_path_factory, tiny) -> Path:
         (["{base}", "--clm", "en", "--optimizer", "adam,momentum=0.9"], "--optimizer"),
         (["--data", "{data}", "--clm", "en"], "--out is required"),
         (["{base}", "--clm", "en", "--word-mask-keep-rand", "0.5,0.5,0.5"], "three fractions"),
+        (["{base}", "--clm", "en", "--eval-every", "5"], "no valid split"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tiny, english_only, tmp_path, capsys, args, message):

@@ -386,13 +386,18 @@ class Run:
 
 
 def open_data(cfg: TrainConfig, tokenizer: Tokenizer) -> tuple[data.PreparedData, data.PreparedData | None]:
-    """The training split, and the valid split when the data has one."""
+    """The training split, and the valid split if the data has one; every step must find its corpus in both."""
     digest = data.vocab_hash(tokenizer)
     train_data = data.open_prepared(cfg.data, "train", digest)
-    try:
-        valid = data.open_prepared(cfg.data, "valid", digest)
-    except XLMError:
-        valid = None
+    valid = data.open_prepared(cfg.data, "valid", digest) if (Path(cfg.data) / "valid").exists() else None
+    if valid is None and cfg.eval_every:
+        raise ConfigError(
+            f"--eval-every needs held-out data: {cfg.data} has no valid split (xlm prepare --split valid)"
+        )
+    for _, lang in cfg.steps_of:
+        corpus_of(train_data, lang, "training")
+        if valid is not None:
+            corpus_of(valid, lang, "valid")
     return train_data, valid
 
 
