@@ -95,6 +95,7 @@ class TrainConfig:
     batch_size: int = 32  # rows of a global batch, all processes together
     bptt: int = 256  # tokens per stream row (CLM, MLM)
     max_len: int = 100  # BPE tokens per sentence in TLM pairs
+    tokens_per_batch: int = -1  # TLM batches of about this many tokens instead of batch_size pairs (-1: off)
     lg_sampling_factor: float = -1.0  # -1: uniform over the listed steps; alpha > 0: p_i ** alpha
     word_pred: float = 0.15
     sample_alpha: float = 0.0  # 0: uniform selection of masked positions; 0.5: the paper's smoothing
@@ -314,7 +315,8 @@ def batch_source(cfg: TrainConfig, model: XLM, corpus, objective: str, lang: str
         )  # fmt: skip
     return data.PairBatches(
         corpus, lang_ids=(config.lang2id[pair[0]], config.lang2id[pair[1]]), eos_id=config.eos_id,
-        pad_id=config.pad_id, batch_size=cfg.batch_size, max_len=cfg.max_len, seed=seed,
+        pad_id=config.pad_id, batch_size=cfg.batch_size, max_len=cfg.max_len, tokens_per_batch=cfg.tokens_per_batch,
+        seed=seed,
     )  # fmt: skip
 
 
@@ -683,6 +685,12 @@ def restore(run: Run, checkpoint: Path) -> None:
 # --- The loop -----------------------------------------------------------------------------------------------
 
 
+def summary(scores: dict[str, Any]) -> str:
+    """An evaluation record in one line: step 200: valid_en_clm_ppl 40.37, valid_en_clm_acc 15.14, ..."""
+    values = ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if k not in ("step", "split"))
+    return f"step {scores['step']}: {values}"
+
+
 class MetricsLog:
     """OUT/metrics.jsonl, one JSON object per line (process 0 writes). A resumed run first drops the records past
     its checkpoint, which the interrupted run wrote but will now write again."""
@@ -739,27 +747,36 @@ def tokenizer_dir(cfg: TrainConfig, checkpoint: Path | None) -> Path:
 
 
 def loop(run: Run, tokenizer_files: Path, checkpoint: Path | None) -> TrainResult:
-    """Step, evaluate every `eval_every` steps, save every `save_every` steps; evaluate and save at the end."""
+    """Step, evaluate every `eval_every` steps (and before the first), save every `save_every` steps; evaluate and
+    save at the end."""
     from tqdm import tqdm
 
     cfg = run.cfg
     log = MetricsLog(Path(cfg.out) / "metrics.jsonl", run.step if checkpoint is not None else None)
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not cfg.progress or rank() != 0, unit="step", mininterval=1.0)
+
+    def evaluate_now() -> None:
+        log.write(evaluate(run))
+        if not bar.disable:
+            bar.write(summary(log.records[-1]), file=sys.stderr)
+
+    def due(every: int) -> bool:
+        return every > 0 and run.step % every == 0
+
     if run.valid is not None and cfg.eval_every and run.step == 0:
-        log.write(evaluate(run))  # where training starts from (nanoGPT evaluates at step 0 too)
+        evaluate_now()  # where training starts from (nanoGPT evaluates at step 0 too)
     while run.step < cfg.steps:
         record = train_step(run, *next_step(run))
         log.write(record)
         bar.update()
         bar.set_postfix_str(f"{record['objective']}-{record['lang']} loss {record['loss']:.3f} lr {record['lr']:.2e}")
-        if run.valid is not None and cfg.eval_every and run.step % cfg.eval_every == 0:
-            log.write(evaluate(run))
-        if cfg.save_every and run.step % cfg.save_every == 0:
+        if run.valid is not None and due(cfg.eval_every):
+            evaluate_now()
+        if due(cfg.save_every):
             checkpoint = save_checkpoint(run, tokenizer_files)
     bar.close()
-    ran = bool(log.records)
-    if ran and run.valid is not None and not (cfg.eval_every and run.step % cfg.eval_every == 0):
-        log.write(evaluate(run))
+    if log.records and run.valid is not None and not due(cfg.eval_every):
+        evaluate_now()
     if checkpoint is None or checkpoint.name != f"checkpoint-{run.step}":
         checkpoint = save_checkpoint(run, tokenizer_files)
     return TrainResult(checkpoint, log.records)
@@ -804,6 +821,7 @@ OPTIONS: list[tuple[str, Any, str]] = [
     ("--batch-size", int, "rows of a global batch, all processes together (default 32)"),
     ("--bptt", int, "tokens per stream row for CLM and MLM (default 256)"),
     ("--max-len", int, "BPE tokens per sentence of a TLM pair (default 100)"),
+    ("--tokens-per-batch", int, "TLM batches of about N tokens rather than --batch-size pairs (default -1: off)"),
     ("--lg-sampling-factor", float, "-1: steps drawn uniformly (default); alpha > 0: p_i ** alpha by data size"),
     ("--word-pred", float, "fraction of positions predicted by MLM (default 0.15)"),
     ("--sample-alpha", float, "0: uniform choice of masked positions (default); 0.5: the paper's smoothing"),
