@@ -137,6 +137,20 @@ def test_a_clm_checkpoint_loads_in_transformers_with_our_logits(tiny, corpus, tm
     assert (got - expected).abs().max().item() <= 1e-5
 
 
+def test_from_scratch_with_a_config_file(tiny, corpus, tmp_path):
+    """--model-config: fresh weights (the original's initialisation, from the seed) of that architecture."""
+    config = dataclasses.replace(scaled_down(PRESETS["xlm-clm-enfr-1024"]), n_layers=1)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf_config()))
+    cfg = TrainConfig(
+        data=str(corpus), out=str(tmp_path / "run"), model_config=str(tmp_path / "config.json"), tokenizer=str(tiny),
+        mlm=["en-fr"], steps=2, batch_size=4, progress=False,
+    )  # fmt: skip
+    model = load_pretrained(train(cfg).checkpoint)
+    assert model.config.n_layers == 1 and model.config.objective == "mlm"
+    std = model.embeddings.weight[14:].std().item()
+    assert abs(std - config.dim**-0.5) < 0.02  # N(0, dim^-1/2), moved a little by two updates of ~1e-4
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_steps(tiny, corpus, tmp_path, amp):
     """bf16 autocast, and fp16 autocast with loss scaling (run on the CPU here; meant for GPUs): finite losses
