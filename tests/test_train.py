@@ -95,6 +95,25 @@ def test_bad_optimizer_strings_are_refused(text):
         OptimizerOptions.parse(text)
 
 
+def test_an_iteration_draws_steps_as_the_originals_shuf_order():
+    """Per objective, CLM first: min(5, n) draws with replacement among the monolingual steps, then among the
+    parallel ones; with lg_sampling_factor probabilities, languages come up in those proportions."""
+    import numpy as np
+
+    from xlm.train import iteration_steps
+
+    cfg = TrainConfig(data="", out="", clm=["en", "fr"], mlm=["en", "fr", "de", "en-fr", "de-en"])
+    probabilities = {"clm-mono": np.array([0.8, 0.2]), "mlm-mono": None, "mlm-para": None, "clm-para": None}
+    order = np.random.default_rng(0)
+    draws = [iteration_steps(cfg, order, probabilities) for _ in range(2000)]
+    for steps in draws:
+        assert [objective for objective, _ in steps] == ["clm"] * 2 + ["mlm"] * 5
+        assert all("-" not in lang for _, lang in steps[:5]) and all("-" in lang for _, lang in steps[5:])
+    english = sum(lang == "en" for steps in draws for _, lang in steps[:2]) / 4000
+    assert abs(english - 0.8) < 3 * (0.8 * 0.2 / 4000) ** 0.5  # three standard deviations of the frequency
+    assert any(steps[2] == steps[3] for steps in draws)  # with replacement
+
+
 # --- Training works -------------------------------------------------------------------------------------------
 
 
