@@ -296,7 +296,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus
     assert find_checkpoint(out) == previous
     resumed = cli(["--resume", str(out), "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert not list(out.glob(".checkpoint-*"))  # the next save cleared the leftover
+    assert not list(out.glob(".checkpoint-*"))  # the resumed run cleared the leftover
     assert_same_run(out, reference_run)
 
 

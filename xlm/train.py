@@ -753,6 +753,9 @@ def loop(run: Run, tokenizer_files: Path, checkpoint: Path | None) -> TrainResul
 
     cfg = run.cfg
     log = MetricsLog(Path(cfg.out) / "metrics.jsonl", run.step if checkpoint is not None else None)
+    if rank() == 0:  # saves that a killed run left half-written
+        for stale in Path(cfg.out).glob(".checkpoint-*.*-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not cfg.progress or rank() != 0, unit="step", mininterval=1.0)
 
     def evaluate_now() -> None:
