@@ -802,43 +802,63 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-# (flag, type, help); every default is TrainConfig's.
-OPTIONS: list[tuple[str, Any, str]] = [
-    ("--data", str, "prepared corpora (xlm prepare): train.* and optionally valid.*"),
-    ("--out", str, "run directory: checkpoint-STEP/ directories and metrics.jsonl"),
-    ("--clm", _langs, "CLM steps, e.g. en,fr (the original's --clm_steps)"),
-    ("--mlm", _langs, "MLM and TLM steps, e.g. en,fr,en-fr (--mlm_steps)"),
-    ("--init", str, "start from this checkpoint: a directory or a hub id (FacebookAI/xlm-clm-enfr-1024)"),
-    ("--preset", str, "or fresh weights with a preset's architecture (xlm-mlm-enfr-1024, ...)"),
-    ("--model-config", str, "or fresh weights with the architecture of a transformers config.json"),
-    ("--tokenizer", str, "tokenizer directory (default: --init's); must be the vocabulary of --data"),
-    ("--dropout", float, "dropout (default: the config's)"),
-    ("--attention-dropout", float, "attention dropout (default: the config's)"),
-    ("--optimizer", str, "adam,lr=0.0001 (default) or adam_inverse_sqrt,lr=..,beta1=..,beta2=..,warmup_updates=.."),
-    ("--clip-grad-norm", float, "clip the gradient norm at this value (default 5; 0: off)"),
-    ("--accumulate", int, "global batches per update (default 1)"),
-    ("--steps", int, "optimizer updates in all (default 1000)"),
-    ("--amp", str, "fp32 (default), bf16 (autocast, CPU or GPU) or fp16 (autocast + loss scaling, GPU)"),
-    ("--device", str, "cpu (default), cuda; under torchrun one GPU per process"),
-    ("--seed", int, "seed of the weights, batches, masks and dropout (default 0)"),
-    ("--batch-size", int, "rows of a global batch, all processes together (default 32)"),
-    ("--bptt", int, "tokens per stream row for CLM and MLM (default 256)"),
-    ("--max-len", int, "BPE tokens per sentence of a TLM pair (default 100)"),
-    ("--tokens-per-batch", int, "TLM batches of about N tokens rather than --batch-size pairs (default -1: off)"),
-    ("--lg-sampling-factor", float, "-1: steps drawn uniformly (default); alpha > 0: p_i ** alpha by data size"),
-    ("--word-pred", float, "fraction of positions predicted by MLM (default 0.15)"),
-    ("--sample-alpha", float, "0: uniform choice of masked positions (default); 0.5: the paper's smoothing"),
-    ("--word-mask-keep-rand", _fractions, "of the predicted positions: masked, kept, random (default 0.8,0.1,0.1)"),
-    ("--eval-every", int, "evaluate on the valid split every N steps (default 0: at the end only)"),
-    ("--eval-batches", int, "at most N batches per held-out corpus (default 0: all)"),
-    ("--save-every", int, "write a checkpoint every N steps (default 0: at the end only)"),
+# (flag, type, metavar, help); every default is TrainConfig's.
+OPTIONS: list[tuple[str, Any, str, str]] = [
+    ("--data", str, "DIR", "prepared corpora (xlm prepare): train.* and optionally valid.*"),
+    ("--out", str, "DIR", "run directory: checkpoint-STEP/ directories and metrics.jsonl"),
+    ("--clm", _langs, "LANGS", "CLM steps, e.g. en,fr (the original's --clm_steps)"),
+    ("--mlm", _langs, "LANGS", "MLM and TLM steps, e.g. en,fr,en-fr (--mlm_steps)"),
+    ("--init", str, "CKPT", "start from this checkpoint: a directory or a hub id (FacebookAI/xlm-clm-enfr-1024)"),
+    ("--preset", str, "NAME", "or fresh weights with a preset's architecture (xlm-mlm-enfr-1024, ...)"),
+    ("--model-config", str, "CONFIG.json", "or fresh weights with the architecture of a transformers config.json"),
+    ("--tokenizer", str, "DIR", "tokenizer directory (default: --init's); must be the vocabulary of --data"),
+    ("--dropout", float, "P", "dropout (default: the config's)"),
+    ("--attention-dropout", float, "P", "attention dropout (default: the config's)"),
+    (
+        "--optimizer",
+        str,
+        "SPEC",
+        "adam,lr=0.0001 (default) or adam_inverse_sqrt,lr=..,beta1=..,beta2=..,warmup_updates=..",
+    ),
+    ("--clip-grad-norm", float, "NORM", "clip the gradient norm at this value (default 5; 0: off)"),
+    ("--accumulate", int, "N", "global batches per update (default 1)"),
+    ("--steps", int, "N", "optimizer updates in all (default 1000)"),
+    (
+        "--amp",
+        str,
+        "fp32|bf16|fp16",
+        "fp32 (default), bf16 (autocast, CPU or GPU) or fp16 (autocast + loss scaling, GPU)",
+    ),
+    ("--device", str, "DEVICE", "cpu (default), cuda; under torchrun one GPU per process"),
+    ("--seed", int, "N", "seed of the weights, batches, masks and dropout (default 0)"),
+    ("--batch-size", int, "ROWS", "rows of a global batch, all processes together (default 32)"),
+    ("--bptt", int, "N", "tokens per stream row for CLM and MLM (default 256)"),
+    ("--max-len", int, "N", "BPE tokens per sentence of a TLM pair (default 100)"),
+    ("--tokens-per-batch", int, "N", "TLM batches of about N tokens rather than --batch-size pairs (default -1: off)"),
+    (
+        "--lg-sampling-factor",
+        float,
+        "ALPHA",
+        "-1: steps drawn uniformly (default); alpha > 0: p_i ** alpha by data size",
+    ),
+    ("--word-pred", float, "P", "fraction of positions predicted by MLM (default 0.15)"),
+    ("--sample-alpha", float, "ALPHA", "0: uniform choice of masked positions (default); 0.5: the paper's smoothing"),
+    (
+        "--word-mask-keep-rand",
+        _fractions,
+        "M,K,R",
+        "of the predicted positions: masked, kept, random (default 0.8,0.1,0.1)",
+    ),
+    ("--eval-every", int, "N", "evaluate on the valid split every N steps (default 0: at the end only)"),
+    ("--eval-batches", int, "N", "at most N batches per held-out corpus (default 0: all)"),
+    ("--save-every", int, "N", "write a checkpoint every N steps (default 0: at the end only)"),
 ]
 
 
 def build_parser(prog: str = "xlm train") -> argparse.ArgumentParser:
     parser = OneLineParser(prog=prog, description="Pretrain or fine-tune XLM on prepared corpora (docs/training.md).")
-    for flag, kind, help_text in OPTIONS:
-        parser.add_argument(flag, type=kind, help=help_text)
+    for flag, kind, metavar, help_text in OPTIONS:
+        parser.add_argument(flag, type=kind, metavar=metavar, help=help_text)
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     parser.add_argument("--resume", metavar="DIR", help="continue a run: a checkpoint or a run directory (its latest)")
     return parser
