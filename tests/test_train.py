@@ -304,7 +304,8 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus
 
 
 def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
-    """The same global batches split over 2 gloo processes: losses within 1e-6, weights within 1e-5 after 6 steps.
+    """The same global batches split over 2 gloo processes (2 accumulated per step): losses within 1e-6, weights
+    within 1e-5 after 6 steps.
 
     Dropout off (each process draws its own); MLM masks are drawn on the global batch, so they agree. Adam's eps is
     1e-6 here rather than 1e-8: Adam divides each gradient by its own magnitude, so where the exact gradient is 0
@@ -313,8 +314,8 @@ def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
     up to 4e-5 after 6 steps at lr 3e-3, while every other weight agrees within 1e-6.
     """
     args = ["--data", str(corpus), "--init", str(tiny), "--clm", "en", "--mlm", "fr,en-fr", "--steps", "6",
-            "--batch-size", "6", "--bptt", "24", "--optimizer", "adam,lr=0.003,eps=0.000001", "--dropout", "0",
-            "--attention-dropout", "0", "--eval-batches", "2", "--no-progress"]  # fmt: skip
+            "--batch-size", "6", "--bptt", "24", "--accumulate", "2", "--optimizer", "adam,lr=0.003,eps=0.000001",
+            "--dropout", "0", "--attention-dropout", "0", "--eval-batches", "2", "--no-progress"]  # fmt: skip
     one = cli([*args, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     two = cli([*args, "--out", str(tmp_path / "two")], launcher=("-m", "torch.distributed.run", "--standalone",
