@@ -872,6 +872,6 @@ def main(argv: list[str] | None = None, prog: str = "xlm train") -> int:
 
 
 __all__ = [
-    "OptimizerOptions", "TrainConfig", "TrainResult", "evaluate", "find_checkpoint", "learning_rate", "main",
-    "resume_config", "save_checkpoint", "train", "train_step",
+    "OptimizerOptions", "TrainConfig", "TrainResult", "build_model", "build_parser", "evaluate", "find_checkpoint",
+    "learning_rate", "main", "resume_config", "save_checkpoint", "setup", "train", "train_step",
 ]  # fmt: skip
