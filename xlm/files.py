@@ -117,6 +117,13 @@ def output_lock(final: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+def clear_leftovers(final: str | Path) -> None:
+    """Remove what killed writers of `final` left beside it, under its lock (see `_remove_leftovers`)."""
+    final = Path(final)
+    with output_lock(final):
+        _remove_leftovers(final)
+
+
 def _remove_leftovers(final: Path) -> None:
     """Remove what killed writers of `final` left; called with the lock held, so none of them is alive."""
     prefixes = (f".{final.name}.partial-", f".{final.name}.old-")
