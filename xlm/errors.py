@@ -27,6 +27,10 @@ class InputError(XLMError):
     """Model inputs that the model cannot take: ids or languages out of range, too many positions."""
 
 
+class DataError(XLMError):
+    """Data that cannot be read or used: a text corpus, a gettext catalog, a prepared dataset."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr and exit code 2, not a usage dump."""
 
