@@ -476,7 +476,7 @@ def counts_table(counts: dict) -> str:
 # ---- command line -----------------------------------------------------------------------------------------
 
 
-def default_vocab_dir() -> Path:
+def default_enfr_vocab_dir() -> Path:
     """The real English-French BPE files: env XLM_ENFR_VOCAB, else ../shared/xlm-enfr-vocab from the repository."""
     return Path(os.environ.get("XLM_ENFR_VOCAB", Path(__file__).resolve().parents[2] / "shared" / "xlm-enfr-vocab"))
 
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="tokenizer processes")
     args = parser.parse_args(argv)
     try:
-        tokenizer = None if args.no_tokens else enfr_tokenizer(args.vocab_dir or default_vocab_dir())
+        tokenizer = None if args.no_tokens else enfr_tokenizer(args.vocab_dir or default_enfr_vocab_dir())
         corpus = build_corpus(args.locale_dir, args.seed)
         counts = write_corpus(corpus, args.out, monolingual=args.monolingual, tokenizer=tokenizer, workers=args.workers)
     except (XLMError, OSError) as error:
