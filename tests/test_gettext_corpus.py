@@ -21,6 +21,8 @@ from conftest import env_flag, skip_or_fail
 
 from xlm.errors import DataError
 from xlm.gettext_corpus import (
+    DOCS_BEGIN,
+    DOCS_END,
     LOCALE_DIR,
     MAX_WORDS,
     SPLITS,
@@ -29,6 +31,7 @@ from xlm.gettext_corpus import (
     assign_splits,
     build_corpus,
     clean_pair,
+    counts_summary,
     counts_table,
     enfr_tokenizer,
     group_catalogs,
@@ -379,7 +382,7 @@ def test_command_line(tmp_path, capsys):
     locale = write_locale_dir(tmp_path / "locale", n_catalogs=12)
     assert main(["--locale-dir", str(locale), "--out", str(tmp_path / "out"), "--no-tokens"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("| split | catalogs | pairs |") and "dropped:" in printed
+    assert printed.startswith("| split | catalogs | pairs |") and "Pairs dropped, by rule: " in printed
     assert (tmp_path / "out" / "counts.json").is_file()
     assert main(["--locale-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--no-tokens"]) == 2
     error = capsys.readouterr().err
@@ -428,3 +431,17 @@ def test_the_system_catalogs_give_a_real_corpus(system_catalogs, report):
     assert sum(map(len, catalogs)) == len(set().union(*catalogs)) == len(system_catalogs)
     split_sizes = "/".join(f"{sizes[split]:,}" for split in SPLITS)
     report(f"gettext en-fr corpus: {total:,} pairs, train/valid/test {split_sizes} ({len(system_catalogs)} catalogs)")
+
+
+def test_the_experiments_page_shows_what_the_command_gives(system_catalogs, tmp_path):
+    page = (Path(__file__).resolve().parent.parent / "docs" / "experiments.md").read_text(encoding="utf-8")
+    block = page.split(DOCS_BEGIN, 1)[1].split(DOCS_END, 1)[0].strip()
+    table, rest = block.split("\n\n", 1)
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+    if rows[-1][1] != str(len(system_catalogs)):
+        pytest.skip(f"the page was made from {rows[-1][1]} catalogs, this system has {len(system_catalogs)}")
+    counts = write_corpus(build_corpus(LOCALE_DIR, seed=0), tmp_path)  # without BPE counts: 2 s, not 30
+    fresh_table, fresh_rest = counts_summary(counts).split("\n\n", 1)
+    fresh_rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in fresh_table.splitlines()]
+    assert [row[:5] for row in rows] == fresh_rows  # split, catalogs, pairs, English and French words
+    assert rest == fresh_rest  # dropped pairs by rule, held-out catalogs

@@ -473,6 +473,29 @@ def counts_table(counts: dict) -> str:
     return "\n".join(lines)
 
 
+def counts_summary(counts: dict) -> str:
+    """The table, then what each rule dropped and which catalogs the held-out splits hold (Markdown)."""
+    dropped = ", ".join(f"{rule} {count:,}" for rule, count in counts["dropped"].items())
+    lines = [counts_table(counts), "", f"Pairs dropped, by rule: {dropped}."]
+    for name in ("valid", "test"):
+        catalogs = ", ".join(counts["splits"][name]["catalog_names"])
+        lines += ["", f"Catalogs of {name} (seed {counts['seed']}): {catalogs}."]
+    return "\n".join(lines)
+
+
+DOCS_BEGIN, DOCS_END = "<!-- make_gettext_corpus.py: begin -->", "<!-- make_gettext_corpus.py: end -->"
+
+
+def write_docs_table(path: str | Path, table: str) -> None:
+    """Replace the text between the two markers of a Markdown page with `table` (any Markdown)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise DataError(f"{path} lacks the markers {DOCS_BEGIN} ... {DOCS_END}")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    path.write_text(f"{head}{DOCS_BEGIN}\n{table}\n{DOCS_END}{rest.split(DOCS_END, 1)[1]}", encoding="utf-8")
+
+
 # ---- command line -----------------------------------------------------------------------------------------
 
 
@@ -501,15 +524,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-dir", type=Path, default=None, help="codes_enfr + vocab_enfr (XLM_ENFR_VOCAB)")
     parser.add_argument("--no-tokens", action="store_true", help="count words only, without the BPE vocabulary")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="tokenizer processes")
+    parser.add_argument("--write-docs", type=Path, metavar="PAGE", help="also put the table into PAGE, between markers")
     args = parser.parse_args(argv)
     try:
         tokenizer = None if args.no_tokens else enfr_tokenizer(args.vocab_dir or default_enfr_vocab_dir())
         corpus = build_corpus(args.locale_dir, args.seed)
         counts = write_corpus(corpus, args.out, monolingual=args.monolingual, tokenizer=tokenizer, workers=args.workers)
+        summary = counts_summary(counts)
+        if args.write_docs:
+            write_docs_table(args.write_docs, summary)
     except (XLMError, OSError) as error:
         print(f"make_gettext_corpus: error: {error}", file=sys.stderr)
         return 2
-    print(counts_table(counts))
-    dropped = ", ".join(f"{rule} {count:,}" for rule, count in counts["dropped"].items())
-    print(f"\nseed {args.seed}; dropped: {dropped}; files and counts.json in {args.out}")
+    print(f"{summary}\n\nFiles and counts.json in {args.out}")
     return 0
