@@ -27,13 +27,13 @@ Cleaning (`clean_pair`), in this order, on each side:
      Angle-bracket placeholders that are words (`<file>`, `<fichier>`) are kept: they are translated.
   4. Format specifiers are REMOVED: printf (`%s`, `%d`, `%1$s`, `%-10lu`, `%.*s`; any letter ends one, for the
      programs' own: glibc's `%m`, binutils' `%P`, `%pB`), Python (`%(name)s`) and brace (`{name}`, `{0}`)
-     forms; `%%` becomes `%`. Kept, they would be identical strings on both sides:
-     a lexical shortcut for cross-lingual retrieval, and easy tokens (`%` then `s`) that inflate masked-token
-     accuracy without saying anything about English or French. Quotes and brackets left empty (`'%s'`,
-     `« %s »`, `(%d)`) go with them, so do spaces left before a comma or full stop, and colons, semicolons and
-     commas left at either end.
+     forms; `%%` becomes `%`. Kept, they would be identical strings on both sides: a lexical shortcut for
+     cross-lingual retrieval, and easy tokens (`%` then `s`) that inflate masked-token accuracy without saying
+     anything about English or French. Quotes and brackets left empty (`'%s'`, `« %s »`, `(%d)`) go with
+     them, and so do spaces left before a comma or full stop.
   5. Whitespace: every run of Unicode whitespace (tabs, no-break spaces of French typography) becomes one
-     space; ends are trimmed.
+     space; the ends are trimmed of spaces, colons, semicolons and commas (`Width:` -> `Width`, and what a
+     removed specifier leaves: `%s: error` -> `error`).
   6. Drop the pair when either side is empty or has no letter, when either side has more than `MAX_WORDS`
      whitespace-separated words (longer messages are usage paragraphs; XLM cuts sentences at 100 BPE
      tokens), or when both sides are the same text up to case, spaces and punctuation (`Version:` ->
@@ -194,7 +194,7 @@ _EDGE_PUNCTUATION = ":;,"
 
 def strip_format_specifiers(text: str) -> str:
     """Remove printf, Python and brace format specifiers (`%%` -> `%`), then, where one was removed, the
-    quotes and brackets left empty (`« %s »`, `('%s')`); `clean_text` trims the punctuation left at the ends."""
+    quotes and brackets left empty (`« %s »`, `('%s')`) and spaces left before a comma or full stop."""
     stripped = FORMAT_SPECIFIER.sub(lambda match: "%" if match.group() == "%%" else "", text)
     if all(match.group() == "%%" for match in FORMAT_SPECIFIER.finditer(text)):
         return stripped  # no specifier (at most `%%`): brackets in the text are the text's own
