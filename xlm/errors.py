@@ -28,7 +28,8 @@ class InputError(XLMError):
 
 
 class DataError(XLMError):
-    """Data that cannot be read or used: a text corpus, a gettext catalog, a prepared dataset."""
+    """Training data that cannot be prepared or read: missing or empty files, misaligned pairs, a corpus
+    prepared with another vocabulary, a truncated or corrupt array."""
 
 
 class OneLineParser(argparse.ArgumentParser):
