@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """DRAFT, AWAITING THE TRAINER: written against the interfaces of xlm/data.py, xlm/objectives.py and xlm/train.py
-(branches `data` and `train`), which this branch does not have yet. It has not been run; no test imports it.
-It also needs matplotlib (not yet a dependency: to add as an extra when this runs). One `--quick` run went through
-end to end (2 layers, 64 wide, 400 test pairs, ~5 minutes on the shared 2 cores) on the `train` branch's code with
-this branch's modules copied beside it: the pipeline holds together; its figures mean nothing at that size.
+(branches `data` and `train`), which this branch does not have yet. No test imports it. It also needs matplotlib
+(not yet a dependency: to add as an extra when this runs). One `--quick` run went through end to end (2 layers,
+64 wide, 400 pairs a split: 14 minutes wall, 4.4 CPU-minutes, on the busy shared 2 cores) on the `train` branch's
+code with this branch's modules copied beside it: the pipeline holds together; its figures mean nothing at that
+size. The full run's token budget is not calibrated yet.
 
 The experiment of docs/experiments.md: does TLM align English and French?
 
