@@ -359,7 +359,7 @@ def one_to_one(
     `excluded` (the keys of held-out splits). Where pairs compete, the one found in more catalogs wins, then
     the first in catalog order. Returned in first-occurrence order."""
     occurrences = Counter(pair for catalog in catalogs for pair in catalog.pairs)
-    first_seen = {pair: index for index, pair in reversed(list(enumerate(occurrences)))}
+    first_seen = {pair: index for index, pair in enumerate(occurrences)}  # a Counter keeps insertion order
     used = set(excluded)
     kept = []
     for pair in sorted(occurrences, key=lambda pair: (-occurrences[pair], first_seen[pair])):
