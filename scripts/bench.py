@@ -22,7 +22,10 @@ Figures (docs/performance.md says what bounds each):
 - load to first logits in a fresh process, and its peak RSS over a bare `import torch` process;
 - corpus scoring tokens/s (`corpus_perplexity`; transformers: the same batches through its forward);
 - tokenizer sentences/s (scripts/bench_tokenizer.py; skipped without the enfr BPE files, XLM_ENFR_VOCAB);
-- bf16 against fp32: top-1 agreement and max |logits difference| on an 8x128 batch.
+- bf16 against fp32: top-1 agreement and max |logits difference| on an 8x128 batch;
+- `--only train`, a section run on its own: one full training step (forward, backward, optimizer), batch 8 x 256,
+  fp32 and bf16 autocast, xlm's (xlm/train.py) against transformers' XLMWithLMHeadModel: tokens/s, the losses of
+  every step, peak RSS.
 """
 
 from __future__ import annotations
@@ -554,12 +557,182 @@ def render_scoring_and_tokenizer(report: dict) -> list[str]:
     return lines
 
 
-def write_docs(table: str) -> None:
+def write_docs(table: str, begin: str = BEGIN, end: str = END) -> None:
     text = DOCS.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOCS} lacks the markers {BEGIN} ... {END}")
-    head, rest = text.split(BEGIN, 1)
-    DOCS.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
+    if begin not in text or end not in text:
+        raise SystemExit(f"{DOCS} lacks the markers {begin} ... {end}")
+    head, rest = text.split(begin, 1)
+    DOCS.write_text(f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+
+
+# --- One training step (`--only train`) ----------------------------------------------------------------------
+# A full step at the real shape: forward, loss, backward, gradient clipping at 5, an AdamW update (the same
+# optimizer, fused, for both). Random ids, batch 8 x 256, dropout off so that both compute the same losses from the
+# same weights. CLM (causal; transformers' labels shifted by hand), and MLM on the same masked batches (both
+# bidirectional; transformers' labels -100 where nothing is predicted). Each contender runs in a child process of
+# its own (peak RSS is per process), one after the other: a warm-up step (it also allocates Adam's moments), then
+# `repeats` timed steps.
+
+TRAIN_SHAPE = (8, 256)
+TRAIN_CONTENDERS = (
+    "transformers fp32 clm", "xlm fp32 clm", "xlm bf16 clm", "transformers bf16 clm", "transformers fp32 mlm",
+    "xlm fp32 mlm",
+)  # fmt: skip
+TRAIN_BEGIN, TRAIN_END = "<!-- bench.py train: begin -->", "<!-- bench.py train: end -->"
+
+
+def train_batch(vocab_size: int, objective: str, seed: int):
+    """A TrainBatch of random ids, language en; for MLM masked as xlm train masks (labels: the targets)."""
+    from xlm.data import TrainBatch
+    from xlm.objectives import mask_batch
+
+    ids = random_ids(vocab_size, TRAIN_SHAPE, seed=seed)
+    batch = TrainBatch(ids, torch.zeros_like(ids), torch.arange(ids.size(1)).expand_as(ids), ids > 0)
+    if objective == "clm":
+        return batch
+    generator = torch.Generator().manual_seed(seed)
+    return mask_batch(batch, generator, mask_id=5, vocab_size=vocab_size)
+
+
+def adam_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def xlm_train_step(path: Path, amp: torch.dtype | None, objective: str) -> Callable:
+    """`xlm train`'s step: objectives.clm_loss / mlm_loss (the head on predicted positions only), then the update."""
+    from xlm.objectives import clm_loss, mlm_loss
+    from xlm.train import TrainConfig, build_model
+
+    model = build_model(TrainConfig("", "", init=str(path), dropout=0.0, attention_dropout=0.0), path).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+    loss_of = clm_loss if objective == "clm" else mlm_loss
+
+    def step(batch) -> float:
+        with torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext():
+            loss_sum, count = loss_of(model, batch)
+        return adam_update(model, optimizer, loss_sum / count)
+
+    return step
+
+
+def transformers_train_step(path: Path, amp: torch.dtype | None, objective: str) -> Callable:
+    """XLMWithLMHeadModel(labels=...): logits at every position, cross-entropy where the label is not -100."""
+    transformers = import_transformers()
+    model = transformers.XLMWithLMHeadModel.from_pretrained(
+        path, dtype=torch.float32, causal=objective == "clm", dropout=0.0, attention_dropout=0.0
+    ).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+
+    def step(batch) -> float:
+        if objective == "clm":
+            labels = torch.full_like(batch.input_ids, -100)
+            labels[:, :-1] = batch.input_ids[:, 1:]  # position t predicts token t+1: its loss does not shift
+        else:
+            labels = batch.labels
+        with torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext():
+            loss = model(input_ids=batch.input_ids, langs=batch.langs, labels=labels).loss
+        return adam_update(model, optimizer, loss)
+
+    return step
+
+
+def rss_mib() -> tuple[float, float]:
+    """(current, peak) resident memory of this process, MiB."""
+    import resource
+
+    current = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train_child(contender: str, path: Path, repeats: int, threads: int) -> dict:
+    """In the child process: set up one contender, a warm-up step, then `repeats` timed steps."""
+    torch.set_num_threads(threads)
+    name, dtype, objective = contender.split()
+    amp = torch.bfloat16 if dtype == "bf16" else None
+    step = (xlm_train_step if name == "xlm" else transformers_train_step)(path, amp, objective)
+    setup_rss, _ = rss_mib()
+    vocab_size = json.loads((path / "config.json").read_text())["vocab_size"]
+    batches = [train_batch(vocab_size, objective, seed=i) for i in range(repeats + 1)]
+    losses, seconds = [step(batches[0])], []
+    for batch in batches[1:]:
+        start = time.perf_counter()
+        losses.append(step(batch))
+        seconds.append(time.perf_counter() - start)
+    return {"contender": contender, "seconds": seconds, "losses": losses, "setup_rss_mib": setup_rss,
+            "peak_rss_mib": rss_mib()[1]}  # fmt: skip
+
+
+def bench_train(settings: Settings, path: Path) -> list[dict]:
+    """Every contender in a child process; tokens/s = 8 * 256 / median step seconds."""
+    rows = []
+    for contender in TRAIN_CONTENDERS:
+        done = subprocess.run(
+            [sys.executable, __file__, "--train-child", contender, "--checkpoint", str(path),
+             "--repeats", str(settings.repeats), "--threads", str(settings.threads)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"{contender}: {done.stderr[-2000:]}")
+        row = json.loads(done.stdout.splitlines()[-1])
+        row["step_s"] = median(row["seconds"])
+        row["tokens_per_s"] = TRAIN_SHAPE[0] * TRAIN_SHAPE[1] / row["step_s"]
+        rows.append(row)
+    for row in rows:  # against transformers fp32 on the same objective
+        reference = next(r for r in rows if r["contender"] == f"transformers fp32 {row['contender'].split()[2]}")
+        row["speedup_vs_transformers_fp32"] = reference["step_s"] / row["step_s"]
+        row["max_loss_diff_vs_transformers_fp32"] = max(
+            abs(a - b) for a, b in zip(row["losses"], reference["losses"], strict=True)
+        )
+    return rows
+
+
+def render_train(report: dict) -> str:
+    """The training-step table of docs/performance.md, with its two targets."""
+    m, rows = report["machine"], {r["contender"]: r for r in report["train"]}
+    lines = [
+        f"Measured {m['date']} by `{report['command']}`: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, "
+        f"transformers {m['transformers']}; load average before the run {m['load_average'][0]:.2f}. One step = "
+        f"forward, loss, backward, clipping, AdamW update, batch {TRAIN_SHAPE[0]} x {TRAIN_SHAPE[1]}, dropout "
+        f"off; median of {len(report['train'][0]['seconds'])} steps after a warm-up, each contender in its own "
+        "process. Compared with transformers fp32 on the same objective; the loss difference is the largest over "
+        "all steps (the same batches, the weights updated alike).",
+        "",
+        "| contender | step s | tokens/s | vs transformers fp32 | max abs loss difference | peak RSS MiB |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['step_s']:.2f} | {r['tokens_per_s']:.0f} | {r['speedup_vs_transformers_fp32']:.2f}x "
+            f"| {r['max_loss_diff_vs_transformers_fp32']:.1e} | {r['peak_rss_mib']:,.0f} |"
+        )
+    fp32, bf16, mlm = rows["xlm fp32 clm"], rows["xlm bf16 clm"], rows["xlm fp32 mlm"]
+    checks = [
+        ("CLM step, xlm fp32 / transformers fp32, tokens/s", fp32["speedup_vs_transformers_fp32"], 1.2),
+        ("MLM step, xlm fp32 / transformers fp32, tokens/s", mlm["speedup_vs_transformers_fp32"], 1.2),
+        ("CLM step, xlm bf16 autocast / xlm fp32, tokens/s", fp32["step_s"] / bf16["step_s"], 1.8),
+    ]
+    lines += ["", "| check | measured | target | met |", "|---|--:|--:|---|"]
+    lines += [f"| {name} | {value:.2f}x | >= {target}x | {'yes' if value >= target else 'no'} |"
+              for name, value, target in checks]  # fmt: skip
+    same = max(fp32["max_loss_diff_vs_transformers_fp32"], mlm["max_loss_diff_vs_transformers_fp32"])
+    lines.append(f"| xlm fp32 losses vs transformers fp32, every step, CLM and MLM | {same:.1e} | <= 1e-4 | "
+                 f"{'yes' if same <= 1e-4 else 'no'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_train_only(settings: Settings, command: str, write: bool) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        report = {"command": command, "settings": dataclasses.asdict(settings), "machine": machine(settings)}
+        report["train"] = bench_train(settings, checkpoint(settings, Path(scratch)))
+    table = render_train(report)
+    print(table)
+    if write:
+        write_docs(table, TRAIN_BEGIN, TRAIN_END)
+    return report
 
 
 # --- Main ---------------------------------------------------------------------------------------------------
@@ -602,13 +775,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of decoding, loading, scoring (default 3)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 repeat, 8 new tokens, small corpora")
     parser.add_argument("--small", action="store_true", help="a scaled-down model (for tests; figures mean nothing)")
+    parser.add_argument("--only", choices=["train"], help="only this section: train = one full training step")
+    parser.add_argument("--train-child", metavar="CONTENDER", help=argparse.SUPPRESS)  # bench_train's children
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.train_child:
+        print(json.dumps(train_child(args.train_child, args.checkpoint, args.repeats, args.threads)))
+        return 0
     settings = Settings(threads=args.threads, repeats=args.repeats, small=args.small)
     if args.quick or args.small:
         settings = dataclasses.replace(
             settings, repeats=1, forward_repeats=1, new_tokens=8, scoring_sentences=8, tokenizer_lines=200
         )
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.only == "train":
+        report = run_train_only(settings, command.strip(), args.write_docs)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return 0
     report = run(settings, command.strip())
     table = render(report)
     print(table)

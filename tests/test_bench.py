@@ -54,3 +54,21 @@ def test_the_performance_page_holds_a_generated_table():
     text = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
     table = text.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
     assert "by `python scripts/bench.py" in table and "**Acceptance** (issue 6)" in table
+
+
+@pytest.mark.slow
+def test_the_training_step_section_runs_alone(tmp_path):
+    """`--only train --small`: six contenders, each in its own process (~1-2 min); figures unchecked, but the
+    losses of xlm and transformers must agree from the same weights and batches (fp32, dropout off)."""
+    out = tmp_path / "train.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--only", "train", "--small", "--json", str(out)], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["contender"]: row for row in json.loads(out.read_text())["train"]}
+    assert set(rows) == set(bench.TRAIN_CONTENDERS)
+    assert rows["xlm fp32 clm"]["max_loss_diff_vs_transformers_fp32"] <= 1e-5
+    assert rows["xlm fp32 mlm"]["max_loss_diff_vs_transformers_fp32"] <= 1e-5
+    assert "| CLM step, xlm bf16 autocast / xlm fp32, tokens/s |" in done.stdout

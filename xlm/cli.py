@@ -44,6 +44,8 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "parity": ("xlm.parity", "compare this implementation's logits with transformers' on a checkpoint"),
     "download": ("xlm.download", "download a hub checkpoint into weights/<name>/, as safetensors, with a manifest"),
     "convert": ("xlm.convert", "convert an original XLM .pth checkpoint to transformers' layout"),
+    "prepare": ("xlm.data", "tokenize text files into binarized corpora for training"),
+    "train": ("xlm.train", "pretrain or fine-tune on prepared corpora: CLM, MLM, TLM (docs/training.md)"),
 }
 
 
