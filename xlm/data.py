@@ -91,8 +91,9 @@ class Corpus:
     def stream(self, eos_id: int) -> np.ndarray:
         """All sentences, each followed by `</s>`: the original's binarized layout, (N + n,)."""
         out = np.full(self.n_tokens + len(self), eos_id, dtype=self.ids.dtype)
-        sentence_of_token = np.repeat(np.arange(len(self)), self.lengths)  # (N,)
-        out[np.arange(self.n_tokens) + sentence_of_token] = self.ids  # token j moves right by its sentence index
+        is_token = np.ones(len(out), dtype=bool)  # one byte per slot: no index array as long as the corpus
+        is_token[self.offsets[1:] + np.arange(len(self))] = False  # sentence i's </s> follows i earlier ones
+        out[is_token] = self.ids
         return out
 
 
@@ -128,7 +129,11 @@ class PreparedData:
     def token_counts(self) -> np.ndarray:
         """(V,) int64: how often each id occurs in all corpora of the split (MLM's frequency smoothing)."""
         corpora = [*self.mono.values(), *(c for p in self.para.values() for c in (p.first, p.second))]
-        return sum(np.bincount(c.ids, minlength=self.vocab_size) for c in corpora)
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for corpus in corpora:
+            for start in range(0, corpus.n_tokens, 1 << 24):  # bincount copies to int64: bound that copy
+                counts += np.bincount(corpus.ids[start : start + (1 << 24)], minlength=self.vocab_size)
+        return counts
 
 
 def vocab_hash(tokenizer: Tokenizer) -> str:
@@ -412,10 +417,12 @@ class StreamBatches:
         stream = corpus.stream(eos_id)  # (N + n,)
         self.n_tokens = len(stream)  # ids and </s> separators
         self.n_windows = math.ceil(len(stream) / (batch_size * bptt))
-        buffer = np.full(self.n_windows * bptt * batch_size, eos_id, dtype=stream.dtype)
-        buffer[len(buffer) - len(stream) :] = stream
-        first = np.full((batch_size, 1), eos_id, dtype=stream.dtype)
-        self.streams = np.concatenate([first, buffer.reshape(batch_size, -1)], axis=1)  # (bs, n_windows*bptt + 1)
+        length = self.n_windows * bptt  # tokens per stream
+        fill = batch_size * length - len(stream)  # </s> before the corpus, to fill the last window
+        self.streams = np.full((batch_size, length + 1), eos_id, dtype=stream.dtype)  # column 0: the leading </s>
+        for j in range(batch_size):  # stream j: slots j*length .. (j+1)*length - 1 of fill + corpus
+            start, stop = max(j * length - fill, 0), max((j + 1) * length - fill, 0)
+            self.streams[j, 1 + length - (stop - start) :] = stream[start:stop]
         self.lang_id, self.batch_size, self.bptt, self.seed = lang_id, batch_size, bptt, seed
         self.epoch, self.index = 0, 0
         self._order, self._order_epoch = np.empty(0, dtype=np.int64), -1  # this epoch's window order, once drawn
@@ -589,7 +596,8 @@ def _check_state(state: dict, kind: str, shape: list[int]) -> None:
 
 
 def sampling_probabilities(counts: Mapping, alpha: float) -> dict:
-    """The paper's language sampling: q_i = p_i^alpha / sum_j p_j^alpha, with p_i = n_i / sum_j n_j.
+    """The paper's language sampling (the original's `set_sampling_probs`): q_i = p_i^alpha / sum_j p_j^alpha,
+    with p_i = n_i / sum_j n_j.
 
     counts: language (or pair) -> number of sentences. alpha 0.5 upsamples low-resource languages (the paper);
     alpha 0 is uniform (the original spells it `--lg_sampling_factor -1`, its default); 1 follows the data.
@@ -613,28 +621,33 @@ def build_parser(prog: str = "xlm prepare") -> argparse.ArgumentParser:
         description="Tokenize text files (one sentence per line) into binarized corpora for `xlm train`.",
         epilog="example: xlm prepare --tokenizer DIR --out data --mono en train.en --para en fr train.en train.fr",
     )
-    parser.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer files (a checkpoint directory)")
+    parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer files (a checkpoint directory)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the prepared-data directory")
     parser.add_argument("--split", default="train", help="train (default), valid, test, ...")
     parser.add_argument("--mono", nargs=2, action="append", default=[], metavar=("LANG", "FILE"))
     parser.add_argument("--para", nargs=4, action="append", default=[], metavar=("LANG1", "LANG2", "FILE1", "FILE2"))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes (all CPUs)")
     parser.add_argument("--force", action="store_true", help="replace the split if it exists")
+    parser.add_argument(
+        "--check", action="store_true",
+        help="write nothing: check the prepared split (against --tokenizer's vocabulary, if given) and list it",
+    )  # fmt: skip
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "xlm prepare") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer, preset="original")
-        mono = dict(args.mono)
-        para = {(l1, l2): (f1, f2) for l1, l2, f1, f2 in args.para}
-        if len(mono) != len(args.mono) or len(para) != len(args.para):
-            raise DataError("each language and each pair may be given once")
-        out = prepare(
-            args.out, tokenizer, mono=mono, para=para, split=args.split, workers=args.workers, force=args.force
-        )
-        data = open_prepared(out, args.split, vocab_hash(tokenizer))
+        if args.tokenizer is None and not args.check:
+            raise DataError("--tokenizer is required to prepare (only --check goes without)")
+        tokenizer = None if args.tokenizer is None else Tokenizer.from_pretrained(args.tokenizer, preset="original")
+        if not args.check:
+            mono, para = dict(args.mono), {(l1, l2): (f1, f2) for l1, l2, f1, f2 in args.para}
+            if len(mono) != len(args.mono) or len(para) != len(args.para):
+                raise DataError("each language and each pair may be given once")
+            options = dict(mono=mono, para=para, split=args.split, workers=args.workers, force=args.force)
+            prepare(args.out, tokenizer, **options)
+        data = open_prepared(args.out, args.split, None if tokenizer is None else vocab_hash(tokenizer))
     except XLMError as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
@@ -642,5 +655,5 @@ def main(argv: list[str] | None = None, prog: str = "xlm prepare") -> int:
     names = [*data.mono, *(f"{'-'.join(k)}.{lang}" for k in data.para for lang in k)]
     for name, corpus in zip(names, corpora, strict=True):
         print(f"{args.split}.{name}: {len(corpus):,} sentences, {corpus.n_tokens:,} tokens")
-    print(f"wrote {Path(args.out) / args.split}")
+    print(f"{'checked' if args.check else 'wrote'} {Path(args.out) / args.split}")
     return 0

@@ -52,7 +52,7 @@ def clm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
 
 
 def clm_loss(model: XLM, batch: TrainBatch) -> tuple[Tensor, int]:
-    """Next-token prediction: (summed cross-entropy, number of predicted tokens)."""
+    """Next-token prediction (the original's `clm_step`): (summed cross-entropy, number of predicted tokens)."""
     return summed_cross_entropy(*clm_predictions(model, batch))
 
 
@@ -85,7 +85,8 @@ def mask_for_mlm(
     word_mask_keep_rand: Sequence[float] = (0.8, 0.1, 0.1),
     selection_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Draw the MLM mask: (masked input_ids (B, T), predicted (B, T) bool). Padding and position 0 never.
+    """Draw the MLM mask (the original's `Trainer.mask_out`): (masked input_ids (B, T), predicted (B, T) bool).
+    Padding and position 0 are never predicted.
 
     selection_weights None: each position is selected with probability `word_pred` (the original's default,
         sample_alpha 0). Given (V,) weights (`smoothed_selection_weights`): exactly ceil(word_pred * real
@@ -100,30 +101,35 @@ def mask_for_mlm(
         raise InputError(f"word_mask_keep_rand must be 3 chances (mask, keep, random), got {word_mask_keep_rand}")
     if not 0 <= word_pred <= 1:
         raise InputError(f"word_pred is a fraction of the positions, got {word_pred}")
-    device = generator.device
-    ids = input_ids.to(device)
-    B, T = ids.shape
-    eligible = attention_mask.to(device).bool().clone()  # (B, T)
-    eligible[:, 0] = False
-    if selection_weights is None:
-        predicted = (torch.rand(B, T, generator=generator, device=device) < word_pred) & eligible
-    else:
-        weights = selection_weights.to(device)[ids] * eligible  # (B, T)
-        n_targets = min(math.ceil(word_pred * int(attention_mask.sum())), int((weights > 0).sum()))
-        predicted = torch.zeros(B * T, dtype=torch.bool, device=device)
-        if n_targets > 0:
-            chosen = torch.multinomial(weights.flatten(), n_targets, replacement=False, generator=generator)
-            predicted[chosen] = True
-        predicted = predicted.view(B, T)  # (B * T,) -> (B, T)
-
-    originals = ids[predicted]  # (P,)
-    u = torch.rand(originals.shape, generator=generator, device=device) * probs.sum()
-    kind = torch.searchsorted(probs.cumsum(0), u, right=True).clamp(max=2)  # (P,): 0 mask, 1 keep, 2 random
-    random_ids = torch.randint(vocab_size, originals.shape, generator=generator, device=device)
-    replaced = torch.where(kind == 0, mask_id, torch.where(kind == 1, originals, random_ids))
+    ids = input_ids.to(generator.device)
+    predicted = _select(ids, attention_mask.to(generator.device), generator, word_pred, selection_weights)
     masked = ids.clone()
-    masked[predicted] = replaced
+    masked[predicted] = _replace(ids[predicted], generator, probs, mask_id, vocab_size)
     return masked.to(input_ids.device), predicted.to(input_ids.device)
+
+
+def _select(ids: Tensor, attention_mask: Tensor, generator, word_pred: float, weights: Tensor | None) -> Tensor:
+    """(B, T) bool: the positions to predict, word_pred of the real ones but position 0."""
+    B, T = ids.shape
+    eligible = attention_mask.bool().clone()  # (B, T)
+    eligible[:, 0] = False
+    if weights is None:  # uniform: each position on its own
+        return (torch.rand(B, T, generator=generator, device=ids.device) < word_pred) & eligible
+    position_weights = weights.to(ids.device)[ids] * eligible  # (B, T)
+    n_targets = min(math.ceil(word_pred * int(attention_mask.sum())), int((position_weights > 0).sum()))
+    predicted = torch.zeros(B * T, dtype=torch.bool, device=ids.device)
+    if n_targets > 0:
+        chosen = torch.multinomial(position_weights.flatten(), n_targets, replacement=False, generator=generator)
+        predicted[chosen] = True
+    return predicted.view(B, T)  # (B * T,) -> (B, T)
+
+
+def _replace(originals: Tensor, generator, probs: Tensor, mask_id: int, vocab_size: int) -> Tensor:
+    """(P,) selected ids -> what the model reads there: the mask, the id itself, or a random id (80/10/10)."""
+    u = torch.rand(originals.shape, generator=generator, device=originals.device) * probs.sum()
+    kind = torch.searchsorted(probs.cumsum(0), u, right=True).clamp(max=2)  # (P,): 0 mask, 1 keep, 2 random
+    random_ids = torch.randint(vocab_size, originals.shape, generator=generator, device=originals.device)
+    return torch.where(kind == 0, mask_id, torch.where(kind == 1, originals, random_ids))
 
 
 def mask_batch(batch: TrainBatch, generator: torch.Generator, **mask_options) -> TrainBatch:
@@ -152,7 +158,7 @@ def mlm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
 def mlm_loss(
     model: XLM, batch: TrainBatch, generator: torch.Generator | None = None, **mask_options
 ) -> tuple[Tensor, int]:
-    """Masked-token prediction: MLM on a stream batch, TLM on a pair batch.
+    """Masked-token prediction (the original's `mlm_step`): MLM on a stream batch, TLM on a pair batch.
 
     batch: masked already (`mask_batch`, labels set), or masked here with `generator` and `mask_options`
     (mask_id and vocab_size default to the model's). Returns (summed cross-entropy, number of predicted tokens).
