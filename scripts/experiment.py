@@ -1,27 +1,22 @@
 #!/usr/bin/env python
-"""DRAFT, AWAITING THE TRAINER: written against the interfaces of xlm/data.py, xlm/objectives.py and xlm/train.py
-(branches `data` and `train`), which this branch does not have yet. No test imports it. It also needs matplotlib
-(not yet a dependency: to add as an extra when this runs). One `--quick` run went through end to end (2 layers,
-64 wide, 400 pairs a split: 14 minutes wall, 4.4 CPU-minutes, on the busy shared 2 cores) on the `train` branch's
-code with this branch's modules copied beside it: the pipeline holds together; its figures mean nothing at that
-size. The full run's token budget is not calibrated yet.
+"""The experiment of docs/experiments.md: does TLM align English and French?
 
-The experiment of docs/experiments.md: does TLM align English and French?
-
-    python scripts/experiment.py                      # corpus, prepare, three runs, measurements, plots, the table
-    python scripts/experiment.py --quick              # seconds: a few hundred pairs, a tiny model (pipeline check)
+    python scripts/experiment.py                  # the whole page: corpus, three runs, measurements, plots, tables
+    python scripts/experiment.py --tokens 500000  # another token budget per run
+    python scripts/experiment.py --quick          # a pipeline check: a few hundred pairs, a tiny model (seconds)
 
 1. The corpus: real English-French translations from the system's gettext catalogs (xlm/gettext_corpus.py),
-   split by catalog into train / valid / test.
-2. `xlm prepare` (xlm.data.prepare) binarizes each split with the real enfr BPE vocabulary.
-3. Three models of one small architecture (4 layers, 256 wide), trained the same way (same seed, optimizer,
-   batch shapes) on the same number of input tokens, differing only in the objective:
-   CLM (en, fr); MLM (en, fr); MLM + TLM (en, fr, en-fr). Checkpoints along the way give the curves.
-4. Measurements on the test catalogs: per-language perplexity (causal for CLM, masked for the others), masked-token
-   accuracy, cross-lingual retrieval en->fr and fr->en among all test pairs (xlm/retrieval.py; chance 1/M) next to
-   two baselines on the same candidates (the untrained model, a bag of BPE pieces), and masked-token accuracy on
-   English (French) with and without the translation beside it.
-5. Plots under docs/img/ and the table between the markers of docs/experiments.md.
+   split by catalog into train / valid / test, then `xlm prepare` with the real enfr BPE vocabulary.
+2. Three models of one small architecture (4 layers, 256 wide), trained the same way (seed, initial weights,
+   optimizer, batch shapes) on the same number of input tokens, differing only in the objective:
+   CLM (en, fr); MLM (en, fr); MLM + TLM (en, fr, en-fr). Each run is trained in segments (the trainer resumes
+   exactly from its checkpoint), and cross-lingual retrieval is measured at the end of every segment.
+3. Measurements on the test catalogs: per-language perplexity and accuracy (next token for CLM, masked tokens for
+   the others), retrieval en->fr and fr->en among all test pairs (chance 1/M) next to two baselines on the same
+   candidates (the untrained model, a bag of BPE pieces), and masked-token accuracy with and without the
+   translation beside the masked sentence.
+4. Plots under docs/img/, results.json and the tables, which replace the block between the markers of
+   docs/experiments.md. --quick writes its plots and tables under its --out directory and leaves docs/ alone.
 """
 
 from __future__ import annotations
@@ -30,26 +25,35 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import torch
-from xlm.train import TrainConfig, eval_batches, predictions, train
 
-from xlm import data, objectives
+from xlm import data, train
 from xlm.checkpoint import load_pretrained
 from xlm.config import PRESETS, from_hf_config
-from xlm.gettext_corpus import LOCALE_DIR, SPLITS, build_corpus, default_enfr_vocab_dir, enfr_tokenizer, write_corpus
+from xlm.errors import XLMError
+from xlm.gettext_corpus import (
+    LOCALE_DIR,
+    SPLITS,
+    build_corpus,
+    counts_summary,
+    default_enfr_vocab_dir,
+    enfr_tokenizer,
+    write_corpus,
+    write_docs_table,
+)
 from xlm.model import XLM
 from xlm.retrieval import bag_of_pieces, retrieval, sentence_embeddings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PAGE = REPO_ROOT / "docs" / "experiments.md"
-IMAGES = REPO_ROOT / "docs" / "img"
 BEGIN, END = "<!-- experiment.py: begin -->", "<!-- experiment.py: end -->"
-
-RUNS = {  # name -> (clm steps, mlm steps)
+LANGS = ("en", "fr")
+RUNS = {  # name -> (CLM steps, MLM/TLM steps), the trainer's --clm and --mlm
     "CLM": (["en", "fr"], []),
     "MLM": ([], ["en", "fr"]),
     "MLM + TLM": ([], ["en", "fr", "en-fr"]),
@@ -58,51 +62,63 @@ RUNS = {  # name -> (clm steps, mlm steps)
 
 @dataclasses.dataclass
 class Settings:
-    """What the three runs share. tokens: the input-token budget of each run (every run reads as many)."""
+    """What the three runs share. tokens: the input tokens each run reads (ids and `</s>`, no padding)."""
 
     out: Path = REPO_ROOT / "runs" / "experiment"
-    tokens: int = 3_000_000  # TO CALIBRATE: about 20 minutes of the slowest run (CLM: its head sees every token)
+    images: Path = REPO_ROOT / "docs" / "img"
+    page: Path | None = REPO_ROOT / "docs" / "experiments.md"  # None: tables in out/tables.md only
+    tokens: int = 2_000_000
     n_layers: int = 4
     dim: int = 256
     n_heads: int = 8
-    batch_size: int = 16
+    dropout: float = 0.1
+    batch_size: int = 16  # rows: streams of bptt tokens (CLM, MLM) or sentence pairs (TLM)
     bptt: int = 128
     max_len: int = 100
     optimizer: str = "adam_inverse_sqrt,lr=0.0005,beta1=0.9,beta2=0.98,warmup_updates=200"
-    checkpoints: int = 10  # checkpoints per run, for the curves
+    segments: int = 8  # training is cut here for a retrieval measurement and a validation (the curves' points)
+    eval_batches: int = 5  # validation batches per corpus at each segment's end (the test split is read whole)
     seed: int = 0
-    max_pairs: int | None = None  # --quick: keep the first pairs of each split only
+    max_pairs: int | None = None  # keep the first pairs of each split only
+    workers: int = 2  # tokenizer processes
+    locale_dir: Path = LOCALE_DIR
+    vocab_dir: Path = dataclasses.field(default_factory=default_enfr_vocab_dir)
 
 
-# ---- 1-2. corpus and prepared data ----------------------------------------------------------------------------
+QUICK = {  # --quick, and tests/test_experiment.py: the pipeline on a few hundred pairs in seconds
+    "out": REPO_ROOT / "runs" / "experiment-quick", "page": None, "tokens": 30_000, "n_layers": 2, "dim": 32,
+    "n_heads": 4, "dropout": 0.0, "batch_size": 16, "bptt": 16, "segments": 2, "eval_batches": 1, "max_pairs": 200,
+    "optimizer": "adam_inverse_sqrt,lr=0.003,beta1=0.9,beta2=0.98,warmup_updates=20", "workers": 1,
+}  # fmt: skip
+
+
+# ---- 1. corpus and prepared data ----------------------------------------------------------------------------
 
 
 def make_data(settings: Settings) -> tuple[Path, Path, dict]:
-    """Corpus text files, the tokenizer directory and the prepared splits; returns (prepared, tokenizer, counts)."""
-    tokenizer = enfr_tokenizer(default_enfr_vocab_dir())
-    corpus = build_corpus(LOCALE_DIR, seed=settings.seed)
+    """Corpus text files, the tokenizer directory, the prepared splits; returns (prepared, tokenizer dir, counts)."""
+    tokenizer = enfr_tokenizer(settings.vocab_dir)
+    corpus = build_corpus(settings.locale_dir, seed=settings.seed)
     if settings.max_pairs is not None:
         for split in corpus.splits.values():
             split.pairs = split.pairs[: settings.max_pairs]
     text = settings.out / "corpus"
-    counts = write_corpus(corpus, text, tokenizer=tokenizer, workers=2)
+    counts = write_corpus(corpus, text, tokenizer=tokenizer, workers=settings.workers)
     tokenizer_dir = tokenizer.save_pretrained(settings.out / "tokenizer")
     prepared = settings.out / "prepared"
-    for split in SPLITS:
-        data.prepare(
-            prepared,
-            tokenizer,
-            mono={lang: text / f"{split}.{lang}" for lang in ("en", "fr")},
-            para={("en", "fr"): (text / f"{split}.en-fr.en", text / f"{split}.en-fr.fr")},
-            split=split,
-            workers=2,
-            force=True,
-        )
+    for split in SPLITS:  # xlm prepare --tokenizer DIR --out DIR --split S --mono en F ... --para en fr F1 F2
+        argv = ["--tokenizer", str(tokenizer_dir), "--out", str(prepared), "--split", split, "--force"]
+        argv += ["--workers", str(settings.workers)]
+        for lang in LANGS:
+            argv += ["--mono", lang, str(text / f"{split}.{lang}")]
+        argv += ["--para", "en", "fr", str(text / f"{split}.en-fr.en"), str(text / f"{split}.en-fr.fr")]
+        if data.main(argv) != 0:
+            raise SystemExit(2)  # data.main printed the one-line error
     return prepared, tokenizer_dir, counts
 
 
 def model_config_file(settings: Settings) -> Path:
-    """transformers' config.json of the small architecture: xlm-mlm-enfr-1024's vocabulary and languages."""
+    """transformers' config.json of the small architecture, with xlm-mlm-enfr-1024's vocabulary and languages."""
     config = dataclasses.replace(
         PRESETS["xlm-mlm-enfr-1024"], n_layers=settings.n_layers, dim=settings.dim, n_heads=settings.n_heads
     )
@@ -112,66 +128,94 @@ def model_config_file(settings: Settings) -> Path:
     return path
 
 
-# ---- 3. the runs: one token budget --------------------------------------------------------------------------
+# ---- 2. the runs: one token budget ----------------------------------------------------------------------------
 
 
-def tokens_per_step(settings: Settings, prepared: Path, clm: list[str], mlm: list[str]) -> float:
-    """Expected input tokens of one optimizer step of a run.
+def tokens_per_step(settings: Settings, prepared: Path, mlm: list[str]) -> dict[str, float]:
+    """Input tokens of one optimizer step: {"stream": ..., "pairs": ..., "mean": ...}.
 
-    A stream step reads batch_size x bptt tokens; a TLM step batch_size pairs of (len1 + len2 + 4) tokens on
-    average. The trainer draws, per iteration, min(5, n) monolingual steps and min(5, n) parallel steps
-    (the original's shuf_order), so the mix is known.
+    A stream step (CLM, MLM) reads batch_size x bptt tokens. A TLM step reads batch_size pairs of
+    len1 + len2 + 4 tokens (padding excluded); over an epoch every kept pair is read once, so its mean is the
+    kept pairs' tokens over the batches of an epoch. The trainer's iteration is min(5, n) draws among the n
+    monolingual steps, then min(5, m) among the m parallel ones: the mix of the two kinds is fixed.
     """
-    stream = settings.batch_size * settings.bptt
-    steps = clm or mlm
-    mono = [lang for lang in steps if "-" not in lang]
-    para = [lang for lang in steps if "-" in lang]
-    if not para:
-        return float(stream)
+    stream = float(settings.batch_size * settings.bptt)
+    pair_steps = [lang for lang in mlm if "-" in lang]
+    if not pair_steps:
+        return {"stream": stream, "pairs": 0.0, "mean": stream}
     pairs = data.open_prepared(prepared, "train", None).para[("en", "fr")]
-    lengths1, lengths2 = pairs.first.lengths, pairs.second.lengths
-    kept = (lengths1 > 0) & (lengths2 > 0) & (lengths1 <= settings.max_len) & (lengths2 <= settings.max_len)
-    row = float(np.mean(lengths1[kept] + lengths2[kept] + 4))
-    n_mono, n_para = min(5, len(mono)), min(5, len(para))
-    return (n_mono * stream + n_para * settings.batch_size * row) / (n_mono + n_para)
+    batches = data.PairBatches(
+        pairs, lang_ids=(0, 1), eos_id=1, pad_id=2, batch_size=settings.batch_size, max_len=settings.max_len
+    )
+    per_batch = float(batches.row_lengths[batches.pairs].sum()) / len(batches)
+    n_mono, n_para = min(5, len(mlm) - len(pair_steps)), min(5, len(pair_steps))
+    return {"stream": stream, "pairs": per_batch, "mean": (n_mono * stream + n_para * per_batch) / (n_mono + n_para)}
 
 
-def run_config(settings: Settings, name: str, prepared: Path, tokenizer_dir: Path) -> TrainConfig:
+def run_config(settings: Settings, name: str, prepared: Path, tokenizer_dir: Path, steps: int) -> train.TrainConfig:
     clm, mlm = RUNS[name]
-    steps = math.ceil(settings.tokens / tokens_per_step(settings, prepared, clm, mlm))
-    every = max(1, steps // settings.checkpoints)
-    return TrainConfig(
-        data=str(prepared), out=str(settings.out / name.replace(" + ", "-").lower()), clm=clm, mlm=mlm,
+    return train.TrainConfig(
+        data=str(prepared), out=str(run_dir(settings, name)), clm=clm, mlm=mlm,
         model_config=str(model_config_file(settings)), tokenizer=str(tokenizer_dir), optimizer=settings.optimizer,
-        steps=steps, batch_size=settings.batch_size, bptt=settings.bptt, max_len=settings.max_len,
-        eval_every=every, save_every=every, seed=settings.seed, progress=True,
+        dropout=settings.dropout, attention_dropout=settings.dropout, steps=steps, batch_size=settings.batch_size,
+        bptt=settings.bptt, max_len=settings.max_len, eval_batches=settings.eval_batches, seed=settings.seed,
+        progress=False,
     )  # fmt: skip
 
 
-# ---- 4. measurements ------------------------------------------------------------------------------------------
+def run_dir(settings: Settings, name: str) -> Path:
+    return settings.out / "runs" / name.replace(" + ", "-").lower()
 
 
-@torch.no_grad()
-def perplexity_and_accuracy(model: XLM, cfg: TrainConfig, test: data.PreparedData, objective: str, lang: str):
-    """(perplexity, accuracy %) of one objective on one test corpus; masks seeded with 0, as the trainer's."""
-    corpus = test.mono[lang] if "-" not in lang else test.para[tuple(lang.split("-"))]
-    generator = torch.Generator().manual_seed(0)
-    options = {"mask_id": model.config.mask_id, "vocab_size": model.config.vocab_size}
-    loss_sum = count = correct = 0.0
-    model.eval()
-    for batch in eval_batches(cfg, model, corpus, objective, lang):
-        if objective == "mlm":
-            batch = objectives.mask_batch(batch, generator, **options)
-        logits, targets = predictions(model, objective, batch)
-        loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
-        count += targets.numel()
-        correct += (logits.argmax(-1) == targets).sum().item()
-    return math.exp(loss_sum / count), 100.0 * correct / count
+def train_run(settings: Settings, name: str, prepared: Path, tokenizer_dir: Path, sentences: dict) -> dict:
+    """One run, in `segments` parts; after each, retrieval on the test pairs. Returns the run's record."""
+    per_step = tokens_per_step(settings, prepared, RUNS[name][1])
+    steps = math.ceil(settings.tokens / per_step["mean"])
+    ends = sorted({math.ceil(steps * k / settings.segments) for k in range(1, settings.segments + 1)})
+    shutil.rmtree(run_dir(settings, name), ignore_errors=True)
+    cfg = run_config(settings, name, prepared, tokenizer_dir, ends[0])
+    causal = bool(RUNS[name][0])
+    curve, checkpoint, wall, cpu = [], None, 0.0, 0.0
+    for end in ends:
+        started, started_cpu = time.perf_counter(), time.process_time()
+        if checkpoint is None:
+            result = train.train(cfg)
+        else:
+            result = train.train(train.resume_config(checkpoint, steps=end), resume=checkpoint)
+        wall, cpu = wall + time.perf_counter() - started, cpu + time.process_time() - started_cpu
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint)  # only the latest is kept: a checkpoint of the full model is ~250 MB
+        checkpoint = result.checkpoint
+        scores = model_retrieval(load_pretrained(checkpoint), sentences, causal)
+        curve.append({"step": end, "en->fr": scores["en->fr"], "fr->en": scores["fr->en"]})
+        print(f"{name}: step {end}/{steps}, retrieval en->fr {100 * scores['en->fr']:.1f}%", file=sys.stderr)
+    records = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+    step_seconds = sum(r["seconds"] for r in records if "loss" in r)
+    tokens = sum(per_step["pairs"] if "-" in r["lang"] else per_step["stream"] for r in records if "loss" in r)
+    return {
+        "steps": steps, "input_tokens": round(tokens), "wall_seconds": wall, "cpu_seconds": cpu,
+        "step_seconds": step_seconds, "tokens_per_second": tokens / step_seconds, "checkpoint": str(checkpoint),
+        "tokens_per_step": per_step, "records": records, "retrieval_curve": curve,
+    }  # fmt: skip
 
 
-def framed_test_pairs(test: data.PreparedData) -> dict[str, list[list[int]]]:
-    """The test pairs' sentences, framed `</s> ... </s>` as in training: {"en": [...], "fr": [...]}, aligned."""
-    pairs = test.para[("en", "fr")]
+# ---- 3. measurements --------------------------------------------------------------------------------------------
+
+
+def test_perplexity(cfg: train.TrainConfig, model: XLM, test: data.PreparedData) -> dict[str, float]:
+    """The trainer's evaluation (perplexity, accuracy % of every step of the run) on the whole test split:
+    {"en_clm_ppl": ..., "en_clm_acc": ..., ...}. Masks from a generator seeded with 0."""
+    cfg = dataclasses.replace(cfg, eval_batches=0)
+    options = train.mask_options(cfg, model, test)
+    # train.evaluate reads these fields of a train.Run, which it builds only inside train.train.
+    run = SimpleNamespace(cfg=cfg, step=0, valid=test, model=model, mask_options=options, device=torch.device("cpu"))
+    scores = train.evaluate(run)
+    return {key.removeprefix("valid_"): value for key, value in scores.items() if key.startswith("valid_")}
+
+
+def framed_pairs(prepared: Path, split: str) -> dict[str, list[list[int]]]:
+    """A split's pairs, each sentence framed `</s> ... </s>` as in training: {"en": [...], "fr": [...]}, aligned."""
+    pairs = data.open_prepared(prepared, split, None).para[("en", "fr")]
     return {
         lang: [[1, *corpus.sentence(i).tolist(), 1] for i in range(len(corpus))]
         for lang, corpus in (("en", pairs.first), ("fr", pairs.second))
@@ -179,7 +223,7 @@ def framed_test_pairs(test: data.PreparedData) -> dict[str, list[list[int]]]:
 
 
 def model_retrieval(model: XLM, sentences: dict[str, list[list[int]]], causal: bool) -> dict[str, float]:
-    """Retrieval en->fr and fr->en with mean-pooled last layers, plain cosine and centred (xlm/retrieval.py)."""
+    """Retrieval en->fr and fr->en with mean-pooled last layers: plain cosine, and centred per language."""
     vectors = {
         lang: sentence_embeddings(model, ids, model.config.lang2id[lang], causal=causal)
         for lang, ids in sentences.items()
@@ -200,217 +244,273 @@ def pieces_retrieval(sentences: dict[str, list[list[int]]], vocab_size: int) -> 
 @torch.no_grad()
 def accuracy_with_and_without_translation(
     model: XLM, sentences: dict[str, list[list[int]]], masked: str, *, rate: float = 0.15, batch_size: int = 64
-) -> tuple[float, float]:
-    """Masked-token accuracy (%) on the `masked` language's sentences, (with, without) the translation beside.
+) -> dict[str, float]:
+    """Masked-token accuracy (%) on the `masked` language's sentences: {"with": ..., "without": ...}.
 
-    The same positions are masked (replaced by the mask id, all of them: no keep/random) in both conditions:
-    with, the row is the TLM pair `</s> a </s> </s> b </s>` (xlm.data.concat_pairs), the masks in `a` only;
-    without, the row is `</s> a </s>` alone. Drawn from a generator seeded with 0.
+    The same positions are masked (all replaced by the mask id: no keep/random) in both conditions: "with",
+    the row is the TLM pair `</s> a </s> </s> b </s>` (xlm.data.concat_pairs), masks in `a` only; "without",
+    the row is `</s> a </s>` alone. Positions drawn from a generator seeded with 0.
     """
     other = "fr" if masked == "en" else "en"
     lang_ids = (model.config.lang2id[masked], model.config.lang2id[other])
     generator = torch.Generator().manual_seed(0)
-    hits = {"with": 0, "without": 0}
-    total = 0
+    hits, total = {"with": 0, "without": 0}, 0
     model.eval()
     for start in range(0, len(sentences[masked]), batch_size):
         first = [s[1:-1] for s in sentences[masked][start : start + batch_size]]  # unframed: concat_pairs frames
         second = [s[1:-1] for s in sentences[other][start : start + batch_size]]
-        pair = data.concat_pairs(first, second, lang_ids, eos_id=1, pad_id=2)
+        pair = data.concat_pairs(first, second, lang_ids, eos_id=model.config.eos_id, pad_id=model.config.pad_id)
         lengths = torch.tensor([len(a) for a in first])  # (B,)
-        alone = torch.full((len(first), int(lengths.max()) + 2), 2, dtype=torch.long)  # (B, T'): </s> a </s> <pad>..
-        for row, a in enumerate(first):
-            alone[row, : len(a) + 2] = torch.tensor([1, *a, 1])
-        columns = torch.arange(alone.size(1))[None, :]  # (1, T')
+        columns = torch.arange(int(lengths.max()) + 2)[None, :]  # (1, T'): `</s> a </s>` of the longest
+        alone = pair.input_ids[:, : columns.size(1)].masked_fill(columns > lengths[:, None] + 1, model.config.pad_id)
         chosen = (columns >= 1) & (columns <= lengths[:, None])  # (B, T'): the tokens of `a`
         chosen &= torch.rand(chosen.shape, generator=generator) < rate
-        pair_mask = torch.zeros_like(pair.input_ids, dtype=torch.bool)  # (B, T): `a` sits at the same columns
-        pair_mask[:, : alone.size(1)] = chosen
+        in_pair = torch.zeros_like(pair.attention_mask)  # (B, T): `a` sits at the same columns in both rows
+        in_pair[:, : columns.size(1)] = chosen
         h = model.encode(
-            pair.input_ids.masked_fill(pair_mask, model.config.mask_id), pair.langs, causal=False,
+            pair.input_ids.masked_fill(in_pair, model.config.mask_id), pair.langs, causal=False,
             attention_mask=pair.attention_mask, positions=pair.positions,
         )  # fmt: skip
-        hits["with"] += (model.logits(h[pair_mask]).argmax(-1) == pair.input_ids[pair_mask]).sum().item()
+        hits["with"] += (model.logits(h[in_pair]).argmax(-1) == pair.input_ids[in_pair]).sum().item()
         h = model.encode(alone.masked_fill(chosen, model.config.mask_id), lang_ids[0], causal=False)  # (B, T', C)
         hits["without"] += (model.logits(h[chosen]).argmax(-1) == alone[chosen]).sum().item()
         total += int(chosen.sum())
-    return 100.0 * hits["with"] / total, 100.0 * hits["without"] / total
+    return {condition: 100.0 * count / total for condition, count in hits.items()}  # fmt: skip
 
 
-def measure(name: str, model: XLM, cfg: TrainConfig, test: data.PreparedData, sentences: dict) -> dict:
-    """Every figure of the table for one model on the test split."""
-    clm, _ = RUNS[name]
-    figures: dict = {"run": name}
-    for lang in ("en", "fr"):
-        objective = "clm" if clm else "mlm"
-        figures[f"{lang} ppl"], figures[f"{lang} acc"] = perplexity_and_accuracy(model, cfg, test, objective, lang)
-    figures["retrieval"] = model_retrieval(model, sentences, causal=bool(clm))
-    if not clm:
-        for lang in ("en", "fr"):
-            figures[f"{lang} acc with/without translation"] = accuracy_with_and_without_translation(
-                model, sentences, lang
-            )
+def measure(name: str, cfg: train.TrainConfig, model: XLM, test: data.PreparedData, sentences: dict) -> dict:
+    """Every test figure of one trained model."""
+    causal = bool(RUNS[name][0])
+    figures = {"test": test_perplexity(cfg, model, test), "retrieval": model_retrieval(model, sentences, causal)}
+    if not causal:
+        figures["translation"] = {lang: accuracy_with_and_without_translation(model, sentences, lang) for lang in LANGS}
     return figures
 
 
-def checkpoints_of(run_dir: Path) -> list[tuple[int, Path]]:
-    found = [(int(p.name.split("-")[1]), p) for p in run_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
-    return sorted(found)
+# ---- 4. plots and tables ----------------------------------------------------------------------------------------
 
 
-# ---- 5. plots and the page ------------------------------------------------------------------------------------
-
-
-def input_tokens(record: dict, settings: Settings, word_pred: float = 0.15) -> float:
-    """Input tokens read by one training step: a stream batch, or (TLM) its predicted tokens / word_pred."""
-    if "-" not in record["lang"]:
-        return settings.batch_size * settings.bptt
-    return record["tokens"] / word_pred
-
-
-def plot_losses(runs: dict[str, list[dict]], settings: Settings) -> Path:
-    """Training and validation loss (nats per predicted token) against input tokens seen, one colour per run."""
+def pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+COLOURS = {"CLM": "tab:blue", "MLM": "tab:orange", "MLM + TLM": "tab:green"}
+
+
+def loss_curves(run: dict) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(training, validation) points (input tokens seen, loss in nats per predicted token). A training point is
+    one step; a validation point is the mean over en and fr of log(perplexity) (TLM's own pairs left out)."""
+    per_step, seen, training, validation = run["tokens_per_step"], 0.0, [], []
+    for record in run["records"]:
+        if "loss" in record:
+            seen += per_step["pairs"] if "-" in record["lang"] else per_step["stream"]
+            training.append((seen, record["loss"]))
+        elif record.get("split") == "valid":
+            logs = [math.log(v) for k, v in record.items() if k.endswith("_ppl") and k.count("_") == 3]  # valid_en_..
+            validation.append((seen, sum(logs) / len(logs)))
+    return training, validation
+
+
+def plot_losses(runs: dict[str, dict], path: Path) -> Path:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    for (name, records), colour in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False):
-        seen, xs, ys, valid_x, valid_y = 0.0, [], [], [], []
-        for record in records:
-            if "loss" in record:
-                seen += input_tokens(record, settings)
-                xs.append(seen)
-                ys.append(record["loss"])
-            elif record.get("split") == "valid":
-                ppls = [v for k, v in record.items() if k.endswith("_ppl") and "en_fr" not in k]  # en, fr only
-                valid_x.append(seen)
-                valid_y.append(float(np.mean(np.log(ppls))))
-        window = max(1, len(ys) // 50)  # a moving average: single steps alternate objectives and languages
-        smooth = np.convolve(ys, np.ones(window) / window, mode="valid")
-        ax.plot(xs[window - 1 :], smooth, color=colour, alpha=0.6, label=f"{name}: training (moving average)")
-        ax.plot(valid_x, valid_y, "o-", color=colour, label=f"{name}: validation (en, fr)")
-    ax.set_xlabel("input tokens seen")
+    for name, run in runs.items():
+        training, validation = loss_curves(run)
+        window = max(1, len(training) // 40)  # a moving average: steps alternate languages and objectives
+        xs = [x for x, _ in training][window - 1 :]
+        ys = [sum(y for _, y in training[i - window + 1 : i + 1]) / window for i in range(window - 1, len(training))]
+        label = f"{name}: training ({window}-step mean)"
+        ax.plot([x / 1e6 for x in xs], ys, color=COLOURS[name], alpha=0.5, label=label)
+        ax.plot(
+            [x / 1e6 for x, _ in validation], [y for _, y in validation], "o-", color=COLOURS[name],
+            label=f"{name}: validation (en, fr)",
+        )  # fmt: skip
+    ax.set_xlabel("input tokens seen (millions)")
     ax.set_ylabel("loss (nats per predicted token)")
-    ax.set_title("Training and validation loss (CLM: next token; MLM, TLM: masked tokens)")
+    ax.set_title("Loss: next token (CLM), masked tokens (MLM, MLM + TLM)")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / "experiment-loss.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, plt, path)
 
 
-def plot_retrieval(curves: dict[str, list[tuple[int, float]]], floors: dict[str, float], chance: float) -> Path:
-    """Retrieval accuracy en->fr (%) against training step, with the baselines as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_retrieval(runs: dict[str, dict], results: dict, path: Path) -> Path:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, points in curves.items():
-        ax.plot([s for s, _ in points], [100 * a for _, a in points], "o-", label=name)
-    for (name, value), style in zip(floors.items(), ("--", "-."), strict=False):
-        ax.axhline(100 * value, linestyle=style, color="grey", label=f"{name} ({100 * value:.1f}%)")
+    for name, run in runs.items():
+        points = run["retrieval_curve"]
+        ax.plot([p["step"] for p in points], [100 * p["en->fr"] for p in points], "o-", color=COLOURS[name],
+                label=f"{name}: en→fr")  # fmt: skip
+        ax.plot([p["step"] for p in points], [100 * p["fr->en"] for p in points], "s--", color=COLOURS[name],
+                alpha=0.6, label=f"{name}: fr→en")  # fmt: skip
+    baselines = {"untrained model": results["untrained"]["en->fr"], "bag of BPE pieces": results["pieces"]["en->fr"]}
+    for (label, value), style in zip(baselines.items(), ("--", "-."), strict=True):
+        ax.axhline(100 * value, linestyle=style, color="grey", label=f"{label}, en→fr ({100 * value:.1f}%)")
+    chance = results["pieces"]["chance"]
     ax.axhline(100 * chance, linestyle=":", color="black", label=f"chance ({100 * chance:.3f}%)")
     ax.set_xlabel("training step (optimizer updates)")
-    ax.set_ylabel("retrieval accuracy en→fr (%)")
+    ax.set_ylabel(f"retrieval accuracy (%, {results['untrained']['candidates']:,} candidates)")
     ax.set_title("Cross-lingual retrieval on the test catalogs")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    path = IMAGES / "experiment-retrieval.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return save(fig, plt, path)
+
+
+def save(fig, plt, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def results_table(results: list[dict], untrained: dict, pieces: dict) -> str:
-    """The page's table. ppl and acc: causal (next token) for CLM, masked tokens for the others."""
-    columns = ["model", "en ppl", "fr ppl", "en acc %", "fr acc %", "en→fr %", "fr→en %", "en→fr centred %"]
-    columns.append("en acc with / without fr %")
-    lines = ["| " + " | ".join(columns) + " |", "|---" + "|--:" * (len(columns) - 1) + "|"]
-    for r in results:
-        with_without = r.get("en acc with/without translation")
-        tlm = f"{with_without[0]:.1f} / {with_without[1]:.1f}" if with_without else "—"
-        ret = r["retrieval"]
-        lines.append(
-            f"| {r['run']} | {r['en ppl']:.1f} | {r['fr ppl']:.1f} | {r['en acc']:.1f} | {r['fr acc']:.1f} | "
-            f"{100 * ret['en->fr']:.1f} | {100 * ret['fr->en']:.1f} | {100 * ret['en->fr centred']:.1f} | {tlm} |"
-        )
-    u = untrained["retrieval"]
-    lines.append(
-        f"| untrained | | | | | {100 * u['en->fr']:.1f} | {100 * u['fr->en']:.1f} | {100 * u['en->fr centred']:.1f} | |"
-    )
-    lines.append(f"| bag of BPE pieces | | | | | {100 * pieces['en->fr']:.1f} | {100 * pieces['fr->en']:.1f} | | |")
-    lines.append(f"\nChance: {100 * pieces['chance']:.3f}% ({u['candidates']:,} candidates).")
+def row(cells: list) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+MEASURES = ["model", "en ppl", "fr ppl", "en acc %", "fr acc %", "en→fr %", "fr→en %", "en→fr centred %",
+            "fr→en centred %", "en acc with / without fr %", "fr acc with / without en %"]  # fmt: skip
+
+
+def tables(results: dict, figures: dict[str, str]) -> str:
+    """The page's block: the runs, the test figures, the baselines, the figures' links (Markdown)."""
+    settings, runs = results["settings"], results["runs"]
+    lines = [
+        f"Made by `{results['command']}` on {results['date']} ({results['machine']}); {settings['tokens']:,} input "
+        f"tokens per run; test split: {results['untrained']['candidates']:,} pairs.",
+        "",
+        row(["run", "steps", "input tokens", "wall (min)", "CPU (min)", "tokens/s"]),
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for name, run in runs.items():
+        lines.append(row([name, f"{run['steps']:,}", f"{run['input_tokens']:,}", f"{run['wall_seconds'] / 60:.1f}",
+                          f"{run['cpu_seconds'] / 60:.1f}", f"{run['tokens_per_second']:,.0f}"]))  # fmt: skip
+    lines += [
+        "",
+        row(MEASURES),
+        "|---" + "|--:" * (len(MEASURES) - 1) + "|",
+    ]
+    for name, run in runs.items():
+        objective = "clm" if RUNS[name][0] else "mlm"
+        test, ret = run["test"], run["retrieval"]
+        effect = [
+            f"{run['translation'][lang]['with']:.1f} / {run['translation'][lang]['without']:.1f}"
+            if "translation" in run else "—"
+            for lang in LANGS
+        ]  # fmt: skip
+        lines.append(row([
+            name, f"{test[f'en_{objective}_ppl']:.1f}", f"{test[f'fr_{objective}_ppl']:.1f}",
+            f"{test[f'en_{objective}_acc']:.1f}", f"{test[f'fr_{objective}_acc']:.1f}", *percent(ret), *effect,
+        ]))  # fmt: skip
+    lines.append(row(["untrained (same size)", "", "", "", "", *percent(results["untrained"]), "", ""]))
+    pieces = results["pieces"]
+    lines.append(row(["bag of BPE pieces", "", "", "", "", *percent(pieces, centred=False), "", "", "", ""]))
+    lines += [
+        "",
+        f"Chance: {100 * pieces['chance']:.3f}% (1 in {results['untrained']['candidates']:,}). Perplexity and "
+        "accuracy: next token for CLM, masked tokens (15%, 80/10/10) for the others. The untrained model's "
+        "retrieval is with bidirectional attention.",
+        "",
+        f"![Training and validation loss against input tokens seen]({figures['loss']})",
+        "",
+        f"![Retrieval accuracy against training step]({figures['retrieval']})",
+    ]
     return "\n".join(lines)
 
 
-def write_page(table: str) -> None:
-    text = PAGE.read_text(encoding="utf-8")
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
+def percent(scores: dict, centred: bool = True) -> list[str]:
+    keys = ["en->fr", "fr->en"] + (["en->fr centred", "fr->en centred"] if centred else [])
+    return [f"{100 * scores[key]:.1f}" for key in keys]
+
+
+def write_page(page: Path, block: str) -> None:
+    text = page.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"experiment: {page} lacks the markers {BEGIN} ... {END}")
     head, rest = text.split(BEGIN, 1)
-    PAGE.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
+    page.write_text(f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
 
 
-# ---- the whole experiment -------------------------------------------------------------------------------------
+# ---- the whole experiment ---------------------------------------------------------------------------------------
 
 
-def run_experiment(settings: Settings) -> str:
-    prepared, tokenizer_dir, _ = make_data(settings)
+def run_experiment(settings: Settings, command: str = "python scripts/experiment.py") -> dict:
+    """Everything, in order; returns the results (also written to out/results.json, tables to out/tables.md)."""
+    started = time.perf_counter()
+    prepared, tokenizer_dir, counts = make_data(settings)
     test = data.open_prepared(prepared, "test", None)
-    sentences = framed_test_pairs(test)
-    results, curves, logs = [], {}, {}
+    sentences = framed_pairs(prepared, "test")
+    runs = {}
     for name in RUNS:
-        cfg = run_config(settings, name, prepared, tokenizer_dir)
-        result = train(cfg)
-        logs[name] = result.records
-        causal = bool(RUNS[name][0])
-        curves[name] = [
-            (step, model_retrieval(load_pretrained(path), sentences, causal)["en->fr"])
-            for step, path in checkpoints_of(Path(cfg.out))
-        ]
-        results.append(measure(name, load_pretrained(result.checkpoint), cfg, test, sentences))
-    torch.manual_seed(settings.seed)  # the runs' own initial weights (xlm.train.build_model)
-    untrained_model = XLM(from_hf_config(model_config_file(settings)))
-    untrained = {"retrieval": model_retrieval(untrained_model, sentences, causal=False)}
-    pieces = pieces_retrieval(sentences, untrained_model.config.vocab_size)
-    plot_losses(logs, settings)
-    plot_retrieval(
-        curves,
-        {"untrained model": untrained["retrieval"]["en->fr"], "bag of BPE pieces": pieces["en->fr"]},
-        pieces["chance"],
-    )
-    table = results_table(results, untrained, pieces)
-    (settings.out / "results.json").write_text(
-        json.dumps({"runs": results, "untrained": untrained, "pieces": pieces}, indent=2), encoding="utf-8"
-    )
-    return table
+        runs[name] = train_run(settings, name, prepared, tokenizer_dir, sentences)
+        cfg = run_config(settings, name, prepared, tokenizer_dir, runs[name]["steps"])
+        runs[name].update(measure(name, cfg, load_pretrained(runs[name]["checkpoint"]), test, sentences))
+    torch.manual_seed(settings.seed)  # the runs' initial weights (xlm.train.build_model seeds the same way)
+    untrained = XLM(from_hf_config(model_config_file(settings)))
+    results = {
+        "command": command, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "settings": {key: str(value) if isinstance(value, Path) else value
+                     for key, value in dataclasses.asdict(settings).items()},
+        "corpus": {split: counts["splits"][split]["pairs"] for split in SPLITS},
+        "runs": runs, "untrained": model_retrieval(untrained, sentences, causal=False),
+        "pieces": pieces_retrieval(sentences, untrained.config.vocab_size),
+    }  # fmt: skip
+    images = {
+        "loss": plot_losses(runs, settings.images / "experiment-loss.png"),
+        "retrieval": plot_retrieval(runs, results, settings.images / "experiment-retrieval.png"),
+    }
+    base = settings.page.parent if settings.page is not None else settings.out
+    block = tables(results, {key: relative(path, base) for key, path in images.items()})
+    results["total_seconds"] = time.perf_counter() - started
+    (settings.out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (settings.out / "tables.md").write_text(block + "\n", encoding="utf-8")
+    if settings.page is not None:
+        write_docs_table(settings.page, counts_summary(counts))
+        write_page(settings.page, block)
+    return results
+
+
+def relative(path: Path, base: Path) -> str:
+    """`path` as a link from a page in `base` (../ where needed)."""
+    import os
+
+    return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    return f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--quick", action="store_true", help="a few hundred pairs, a tiny model: seconds")
-    parser.add_argument("--tokens", type=int, help="input tokens per run")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--write-docs", action="store_true", help=f"put the table into {PAGE.name}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few hundred pairs, a tiny model (a pipeline check)")
+    parser.add_argument("--tokens", type=int, help=f"input tokens per run (default {Settings.tokens:,})")
+    parser.add_argument("--out", type=Path, help="work directory (default runs/experiment, --quick: -quick)")
+    parser.add_argument("--no-docs", action="store_true", help="leave docs/ alone: plots and tables under --out")
     args = parser.parse_args(argv)
-    settings = Settings()
-    if args.quick:
-        settings = dataclasses.replace(
-            settings, tokens=60_000, n_layers=2, dim=64, max_pairs=400, checkpoints=2,
-            optimizer="adam_inverse_sqrt,lr=0.001,beta1=0.9,beta2=0.98,warmup_updates=10",
-        )  # fmt: skip
-    if args.tokens:
+    settings = Settings(**QUICK) if args.quick else Settings()
+    if args.tokens is not None:
+        if args.tokens < 1:
+            parser.error("--tokens must be >= 1")
         settings.tokens = args.tokens
-    if args.out:
+    if args.out is not None:
         settings.out = args.out
-    table = run_experiment(settings)
-    print(table)
-    if args.write_docs:
-        write_page(table)
+    if args.quick or args.no_docs:
+        settings.images, settings.page = settings.out / "img", None
+    command = " ".join(["python scripts/experiment.py", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        results = run_experiment(settings, command)
+    except XLMError as err:
+        print(f"experiment: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print((settings.out / "tables.md").read_text(encoding="utf-8"))
+    print(f"{results['total_seconds'] / 60:.1f} minutes; results in {settings.out / 'results.json'}")
     return 0
 
 
