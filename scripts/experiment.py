@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -36,7 +35,7 @@ import torch
 from xlm import data, train
 from xlm.checkpoint import load_pretrained
 from xlm.config import PRESETS, from_hf_config
-from xlm.errors import XLMError
+from xlm.errors import OneLineParser, XLMError
 from xlm.gettext_corpus import (
     LOCALE_DIR,
     SPLITS,
@@ -88,7 +87,7 @@ class Settings:
 QUICK = {  # --quick, and tests/test_experiment.py: the pipeline on a few hundred pairs in seconds
     "out": REPO_ROOT / "runs" / "experiment-quick", "page": None, "tokens": 30_000, "n_layers": 2, "dim": 32,
     "n_heads": 4, "dropout": 0.0, "batch_size": 16, "bptt": 16, "segments": 2, "eval_batches": 1, "max_pairs": 200,
-    "optimizer": "adam_inverse_sqrt,lr=0.003,beta1=0.9,beta2=0.98,warmup_updates=20", "workers": 1,
+    "optimizer": "adam_inverse_sqrt,lr=0.01,beta1=0.9,beta2=0.98,warmup_updates=20", "workers": 1,
 }  # fmt: skip
 
 
@@ -488,7 +487,7 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="experiment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few hundred pairs, a tiny model (a pipeline check)")
     parser.add_argument("--tokens", type=int, help=f"input tokens per run (default {Settings.tokens:,})")
     parser.add_argument("--out", type=Path, help="work directory (default runs/experiment, --quick: -quick)")
