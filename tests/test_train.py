@@ -95,6 +95,25 @@ def test_bad_optimizer_strings_are_refused(text):
         OptimizerOptions.parse(text)
 
 
+def test_an_iteration_draws_steps_as_the_originals_shuf_order():
+    """Per objective, CLM first: min(5, n) draws with replacement among the monolingual steps, then among the
+    parallel ones; with lg_sampling_factor probabilities, languages come up in those proportions."""
+    import numpy as np
+
+    from xlm.train import iteration_steps
+
+    cfg = TrainConfig(data="", out="", clm=["en", "fr"], mlm=["en", "fr", "de", "en-fr", "de-en"])
+    probabilities = {"clm-mono": np.array([0.8, 0.2]), "mlm-mono": None, "mlm-para": None, "clm-para": None}
+    order = np.random.default_rng(0)
+    draws = [iteration_steps(cfg, order, probabilities) for _ in range(2000)]
+    for steps in draws:
+        assert [objective for objective, _ in steps] == ["clm"] * 2 + ["mlm"] * 5
+        assert all("-" not in lang for _, lang in steps[:5]) and all("-" in lang for _, lang in steps[5:])
+    english = sum(lang == "en" for steps in draws for _, lang in steps[:2]) / 4000
+    assert abs(english - 0.8) < 3 * (0.8 * 0.2 / 4000) ** 0.5  # three standard deviations of the frequency
+    assert any(steps[2] == steps[3] for steps in draws)  # with replacement
+
+
 # --- Training works -------------------------------------------------------------------------------------------
 
 
@@ -137,6 +156,20 @@ def test_a_clm_checkpoint_loads_in_transformers_with_our_logits(tiny, corpus, tm
     assert (got - expected).abs().max().item() <= 1e-5
 
 
+def test_from_scratch_with_a_config_file(tiny, corpus, tmp_path):
+    """--model-config: fresh weights (the original's initialisation, from the seed) of that architecture."""
+    config = dataclasses.replace(scaled_down(PRESETS["xlm-clm-enfr-1024"]), n_layers=1)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf_config()))
+    cfg = TrainConfig(
+        data=str(corpus), out=str(tmp_path / "run"), model_config=str(tmp_path / "config.json"), tokenizer=str(tiny),
+        mlm=["en-fr"], steps=2, batch_size=4, progress=False,
+    )  # fmt: skip
+    model = load_pretrained(train(cfg).checkpoint)
+    assert model.config.n_layers == 1 and model.config.objective == "mlm"
+    std = model.embeddings.weight[14:].std().item()
+    assert abs(std - config.dim**-0.5) < 0.02  # N(0, dim^-1/2), moved a little by two updates of ~1e-4
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_steps(tiny, corpus, tmp_path, amp):
     """bf16 autocast, and fp16 autocast with loss scaling (run on the CPU here; meant for GPUs): finite losses
@@ -152,6 +185,35 @@ def test_mixed_precision_steps(tiny, corpus, tmp_path, amp):
     assert abs(mixed[0] - fp32[0]) < 0.05  # the same batch and weights; bf16 keeps ~3 significant digits
     scaler = torch.load(result.checkpoint / "training_state.pt", weights_only=True)["scaler"]
     assert (scaler.get("scale", 0) > 0) == (amp == "fp16")
+
+
+def test_accumulated_micro_batches_give_the_mean_over_all_their_tokens(tiny, corpus, tmp_path):
+    """accumulate=2: one update with the gradient of the mean loss over both global batches' tokens, computed here
+    by hand on a copy of the model (Adam's eps 1e-6: see the torchrun test for why)."""
+    import copy
+
+    from xlm import objectives
+    from xlm.train import setup, train_step
+
+    cfg = TrainConfig(
+        data=str(corpus), out=str(tmp_path), init=str(tiny), clm=["en"], accumulate=2, batch_size=3, bptt=16,
+        dropout=0.0, attention_dropout=0.0, optimizer="adam,lr=0.001,eps=0.000001", progress=False,
+    )  # fmt: skip
+    run = setup(cfg, torch.device("cpu"), None)
+    reference, source = copy.deepcopy(run.model).train(), copy.deepcopy(run.sources["clm:en"])
+    first, second = source.next_batch(), source.next_batch()
+    record = train_step(run, "clm", "en")
+
+    (sum1, n1), (sum2, n2) = objectives.clm_loss(reference, first), objectives.clm_loss(reference, second)
+    mean = (sum1 + sum2) / (n1 + n2)
+    mean.backward()
+    norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 5.0)
+    torch.optim.AdamW(reference.parameters(), lr=1e-3, eps=1e-6, weight_decay=0.0).step()
+    assert record["tokens"] == n1 + n2 == 2 * 3 * 15  # bptt - 1 predicted tokens per row
+    assert record["loss"] == pytest.approx(mean.item(), rel=1e-6)
+    assert record["grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
+    ours, theirs = run.model.state_dict(), reference.state_dict()
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) <= 1e-6
 
 
 # --- Resume, killed runs and killed saves ---------------------------------------------------------------------
@@ -217,7 +279,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_the_uninterrupted_run
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(out, reference_run)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "split" in r] == [4, 8]  # evaluations once each, not repeated
+    assert [r["step"] for r in records if "split" in r] == [0, 4, 8]  # evaluations once each, not repeated
 
 
 def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus, tmp_path, reference_run):
@@ -234,7 +296,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus
     assert find_checkpoint(out) == previous
     resumed = cli(["--resume", str(out), "--no-progress"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert not list(out.glob(".checkpoint-*"))  # the next save cleared the leftover
+    assert not list(out.glob(".checkpoint-*"))  # the resumed run cleared the leftover
     assert_same_run(out, reference_run)
 
 
@@ -242,7 +304,8 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus
 
 
 def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
-    """The same global batches split over 2 gloo processes: losses within 1e-6, weights within 1e-5 after 6 steps.
+    """The same global batches split over 2 gloo processes (2 accumulated per step): losses within 1e-6, weights
+    within 1e-5 after 6 steps.
 
     Dropout off (each process draws its own); MLM masks are drawn on the global batch, so they agree. Adam's eps is
     1e-6 here rather than 1e-8: Adam divides each gradient by its own magnitude, so where the exact gradient is 0
@@ -251,8 +314,8 @@ def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
     up to 4e-5 after 6 steps at lr 3e-3, while every other weight agrees within 1e-6.
     """
     args = ["--data", str(corpus), "--init", str(tiny), "--clm", "en", "--mlm", "fr,en-fr", "--steps", "6",
-            "--batch-size", "6", "--bptt", "24", "--optimizer", "adam,lr=0.003,eps=0.000001", "--dropout", "0",
-            "--attention-dropout", "0", "--eval-batches", "2", "--no-progress"]  # fmt: skip
+            "--batch-size", "6", "--bptt", "24", "--accumulate", "2", "--optimizer", "adam,lr=0.003,eps=0.000001",
+            "--dropout", "0", "--attention-dropout", "0", "--eval-batches", "2", "--no-progress"]  # fmt: skip
     one = cli([*args, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     two = cli([*args, "--out", str(tmp_path / "two")], launcher=("-m", "torch.distributed.run", "--standalone",
@@ -301,6 +364,7 @@ def english_only(tmp_path_factory, tiny) -> Path:
         (["{base}", "--clm", "en", "--optimizer", "adam,momentum=0.9"], "--optimizer"),
         (["--data", "{data}", "--clm", "en"], "--out is required"),
         (["{base}", "--clm", "en", "--word-mask-keep-rand", "0.5,0.5,0.5"], "three fractions"),
+        (["{base}", "--clm", "en", "--eval-every", "5"], "no valid split"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tiny, english_only, tmp_path, capsys, args, message):
@@ -324,3 +388,27 @@ def test_resume_refuses_changed_training_options(tiny, corpus, tmp_path, referen
     assert main(["--resume", str(reference_run), "--optimizer", "adam,lr=1"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--resume continues a run" in err
+
+
+# --- The training page ----------------------------------------------------------------------------------------
+
+
+def test_every_xlm_train_command_of_the_training_page_parses():
+    """docs/training.md's `xlm train` commands (shell blocks, continuation lines joined) use real options."""
+    import re
+    import shlex
+
+    from xlm.train import build_parser
+
+    text = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = [
+        line.split("xlm train", 1)[1]
+        for block in blocks
+        for line in block.replace("\\\n", " ").splitlines()
+        if "xlm train" in line
+    ]
+    assert len(commands) >= 6
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command.split("#")[0]))
+        assert args.resume is not None or (args.data and args.out), command

@@ -95,6 +95,7 @@ class TrainConfig:
     batch_size: int = 32  # rows of a global batch, all processes together
     bptt: int = 256  # tokens per stream row (CLM, MLM)
     max_len: int = 100  # BPE tokens per sentence in TLM pairs
+    tokens_per_batch: int = -1  # TLM batches of about this many tokens instead of batch_size pairs (-1: off)
     lg_sampling_factor: float = -1.0  # -1: uniform over the listed steps; alpha > 0: p_i ** alpha
     word_pred: float = 0.15
     sample_alpha: float = 0.0  # 0: uniform selection of masked positions; 0.5: the paper's smoothing
@@ -314,7 +315,8 @@ def batch_source(cfg: TrainConfig, model: XLM, corpus, objective: str, lang: str
         )  # fmt: skip
     return data.PairBatches(
         corpus, lang_ids=(config.lang2id[pair[0]], config.lang2id[pair[1]]), eos_id=config.eos_id,
-        pad_id=config.pad_id, batch_size=cfg.batch_size, max_len=cfg.max_len, seed=seed,
+        pad_id=config.pad_id, batch_size=cfg.batch_size, max_len=cfg.max_len, tokens_per_batch=cfg.tokens_per_batch,
+        seed=seed,
     )  # fmt: skip
 
 
@@ -386,13 +388,18 @@ class Run:
 
 
 def open_data(cfg: TrainConfig, tokenizer: Tokenizer) -> tuple[data.PreparedData, data.PreparedData | None]:
-    """The training split, and the valid split when the data has one."""
+    """The training split, and the valid split if the data has one; every step must find its corpus in both."""
     digest = data.vocab_hash(tokenizer)
     train_data = data.open_prepared(cfg.data, "train", digest)
-    try:
-        valid = data.open_prepared(cfg.data, "valid", digest)
-    except XLMError:
-        valid = None
+    valid = data.open_prepared(cfg.data, "valid", digest) if (Path(cfg.data) / "valid").exists() else None
+    if valid is None and cfg.eval_every:
+        raise ConfigError(
+            f"--eval-every needs held-out data: {cfg.data} has no valid split (xlm prepare --split valid)"
+        )
+    for _, lang in cfg.steps_of:
+        corpus_of(train_data, lang, "training")
+        if valid is not None:
+            corpus_of(valid, lang, "valid")
     return train_data, valid
 
 
@@ -678,6 +685,12 @@ def restore(run: Run, checkpoint: Path) -> None:
 # --- The loop -----------------------------------------------------------------------------------------------
 
 
+def summary(scores: dict[str, Any]) -> str:
+    """An evaluation record in one line: step 200: valid_en_clm_ppl 40.37, valid_en_clm_acc 15.14, ..."""
+    values = ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if k not in ("step", "split"))
+    return f"step {scores['step']}: {values}"
+
+
 class MetricsLog:
     """OUT/metrics.jsonl, one JSON object per line (process 0 writes). A resumed run first drops the records past
     its checkpoint, which the interrupted run wrote but will now write again."""
@@ -734,25 +747,39 @@ def tokenizer_dir(cfg: TrainConfig, checkpoint: Path | None) -> Path:
 
 
 def loop(run: Run, tokenizer_files: Path, checkpoint: Path | None) -> TrainResult:
-    """Step, evaluate every `eval_every` steps, save every `save_every` steps; evaluate and save at the end."""
+    """Step, evaluate every `eval_every` steps (and before the first), save every `save_every` steps; evaluate and
+    save at the end."""
     from tqdm import tqdm
 
     cfg = run.cfg
     log = MetricsLog(Path(cfg.out) / "metrics.jsonl", run.step if checkpoint is not None else None)
-    bar = tqdm(total=cfg.steps, initial=run.step, disable=not cfg.progress or rank() != 0, unit="step")
+    if rank() == 0:  # saves that a killed run left half-written
+        for stale in Path(cfg.out).glob(".checkpoint-*.*-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not cfg.progress or rank() != 0, unit="step", mininterval=1.0)
+
+    def evaluate_now() -> None:
+        log.write(evaluate(run))
+        if not bar.disable:
+            bar.write(summary(log.records[-1]), file=sys.stderr)
+
+    def due(every: int) -> bool:
+        return every > 0 and run.step % every == 0
+
+    if run.valid is not None and cfg.eval_every and run.step == 0:
+        evaluate_now()  # where training starts from (nanoGPT evaluates at step 0 too)
     while run.step < cfg.steps:
         record = train_step(run, *next_step(run))
         log.write(record)
         bar.update()
         bar.set_postfix_str(f"{record['objective']}-{record['lang']} loss {record['loss']:.3f} lr {record['lr']:.2e}")
-        if run.valid is not None and cfg.eval_every and run.step % cfg.eval_every == 0:
-            log.write(evaluate(run))
-        if cfg.save_every and run.step % cfg.save_every == 0:
+        if run.valid is not None and due(cfg.eval_every):
+            evaluate_now()
+        if due(cfg.save_every):
             checkpoint = save_checkpoint(run, tokenizer_files)
     bar.close()
-    ran = bool(log.records)
-    if ran and run.valid is not None and not (cfg.eval_every and run.step % cfg.eval_every == 0):
-        log.write(evaluate(run))
+    if log.records and run.valid is not None and not due(cfg.eval_every):
+        evaluate_now()
     if checkpoint is None or checkpoint.name != f"checkpoint-{run.step}":
         checkpoint = save_checkpoint(run, tokenizer_files)
     return TrainResult(checkpoint, log.records)
@@ -775,42 +802,63 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-# (flag, type, help); every default is TrainConfig's.
-OPTIONS: list[tuple[str, Any, str]] = [
-    ("--data", str, "prepared corpora (xlm prepare): train.* and optionally valid.*"),
-    ("--out", str, "run directory: checkpoint-STEP/ directories and metrics.jsonl"),
-    ("--clm", _langs, "CLM steps, e.g. en,fr (the original's --clm_steps)"),
-    ("--mlm", _langs, "MLM and TLM steps, e.g. en,fr,en-fr (--mlm_steps)"),
-    ("--init", str, "start from this checkpoint: a directory or a hub id (FacebookAI/xlm-clm-enfr-1024)"),
-    ("--preset", str, "or fresh weights with a preset's architecture (xlm-mlm-enfr-1024, ...)"),
-    ("--model-config", str, "or fresh weights with the architecture of a transformers config.json"),
-    ("--tokenizer", str, "tokenizer directory (default: --init's); must be the vocabulary of --data"),
-    ("--dropout", float, "dropout (default: the config's)"),
-    ("--attention-dropout", float, "attention dropout (default: the config's)"),
-    ("--optimizer", str, "adam,lr=0.0001 (default) or adam_inverse_sqrt,lr=..,beta1=..,beta2=..,warmup_updates=.."),
-    ("--clip-grad-norm", float, "clip the gradient norm at this value (default 5; 0: off)"),
-    ("--accumulate", int, "global batches per update (default 1)"),
-    ("--steps", int, "optimizer updates in all (default 1000)"),
-    ("--amp", str, "fp32 (default), bf16 (autocast, CPU or GPU) or fp16 (autocast + loss scaling, GPU)"),
-    ("--device", str, "cpu (default), cuda; under torchrun one GPU per process"),
-    ("--seed", int, "seed of the weights, batches, masks and dropout (default 0)"),
-    ("--batch-size", int, "rows of a global batch, all processes together (default 32)"),
-    ("--bptt", int, "tokens per stream row for CLM and MLM (default 256)"),
-    ("--max-len", int, "BPE tokens per sentence of a TLM pair (default 100)"),
-    ("--lg-sampling-factor", float, "-1: steps drawn uniformly (default); alpha > 0: p_i ** alpha by data size"),
-    ("--word-pred", float, "fraction of positions predicted by MLM (default 0.15)"),
-    ("--sample-alpha", float, "0: uniform choice of masked positions (default); 0.5: the paper's smoothing"),
-    ("--word-mask-keep-rand", _fractions, "of the predicted positions: masked, kept, random (default 0.8,0.1,0.1)"),
-    ("--eval-every", int, "evaluate on the valid split every N steps (default 0: at the end only)"),
-    ("--eval-batches", int, "at most N batches per held-out corpus (default 0: all)"),
-    ("--save-every", int, "write a checkpoint every N steps (default 0: at the end only)"),
+# (flag, type, metavar, help); every default is TrainConfig's.
+OPTIONS: list[tuple[str, Any, str, str]] = [
+    ("--data", str, "DIR", "prepared corpora (xlm prepare): train.* and optionally valid.*"),
+    ("--out", str, "DIR", "run directory: checkpoint-STEP/ directories and metrics.jsonl"),
+    ("--clm", _langs, "LANGS", "CLM steps, e.g. en,fr (the original's --clm_steps)"),
+    ("--mlm", _langs, "LANGS", "MLM and TLM steps, e.g. en,fr,en-fr (--mlm_steps)"),
+    ("--init", str, "CKPT", "start from this checkpoint: a directory or a hub id (FacebookAI/xlm-clm-enfr-1024)"),
+    ("--preset", str, "NAME", "or fresh weights with a preset's architecture (xlm-mlm-enfr-1024, ...)"),
+    ("--model-config", str, "CONFIG.json", "or fresh weights with the architecture of a transformers config.json"),
+    ("--tokenizer", str, "DIR", "tokenizer directory (default: --init's); must be the vocabulary of --data"),
+    ("--dropout", float, "P", "dropout (default: the config's)"),
+    ("--attention-dropout", float, "P", "attention dropout (default: the config's)"),
+    (
+        "--optimizer",
+        str,
+        "SPEC",
+        "adam,lr=0.0001 (default) or adam_inverse_sqrt,lr=..,beta1=..,beta2=..,warmup_updates=..",
+    ),
+    ("--clip-grad-norm", float, "NORM", "clip the gradient norm at this value (default 5; 0: off)"),
+    ("--accumulate", int, "N", "global batches per update (default 1)"),
+    ("--steps", int, "N", "optimizer updates in all (default 1000)"),
+    (
+        "--amp",
+        str,
+        "fp32|bf16|fp16",
+        "fp32 (default), bf16 (autocast, CPU or GPU) or fp16 (autocast + loss scaling, GPU)",
+    ),
+    ("--device", str, "DEVICE", "cpu (default), cuda; under torchrun one GPU per process"),
+    ("--seed", int, "N", "seed of the weights, batches, masks and dropout (default 0)"),
+    ("--batch-size", int, "ROWS", "rows of a global batch, all processes together (default 32)"),
+    ("--bptt", int, "N", "tokens per stream row for CLM and MLM (default 256)"),
+    ("--max-len", int, "N", "BPE tokens per sentence of a TLM pair (default 100)"),
+    ("--tokens-per-batch", int, "N", "TLM batches of about N tokens rather than --batch-size pairs (default -1: off)"),
+    (
+        "--lg-sampling-factor",
+        float,
+        "ALPHA",
+        "-1: steps drawn uniformly (default); alpha > 0: p_i ** alpha by data size",
+    ),
+    ("--word-pred", float, "P", "fraction of positions predicted by MLM (default 0.15)"),
+    ("--sample-alpha", float, "ALPHA", "0: uniform choice of masked positions (default); 0.5: the paper's smoothing"),
+    (
+        "--word-mask-keep-rand",
+        _fractions,
+        "M,K,R",
+        "of the predicted positions: masked, kept, random (default 0.8,0.1,0.1)",
+    ),
+    ("--eval-every", int, "N", "evaluate on the valid split every N steps (default 0: at the end only)"),
+    ("--eval-batches", int, "N", "at most N batches per held-out corpus (default 0: all)"),
+    ("--save-every", int, "N", "write a checkpoint every N steps (default 0: at the end only)"),
 ]
 
 
 def build_parser(prog: str = "xlm train") -> argparse.ArgumentParser:
     parser = OneLineParser(prog=prog, description="Pretrain or fine-tune XLM on prepared corpora (docs/training.md).")
-    for flag, kind, help_text in OPTIONS:
-        parser.add_argument(flag, type=kind, help=help_text)
+    for flag, kind, metavar, help_text in OPTIONS:
+        parser.add_argument(flag, type=kind, metavar=metavar, help=help_text)
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     parser.add_argument("--resume", metavar="DIR", help="continue a run: a checkpoint or a run directory (its latest)")
     return parser
