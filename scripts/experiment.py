@@ -71,7 +71,7 @@ class Settings:
     dim: int = 256
     n_heads: int = 8
     dropout: float = 0.1
-    batch_size: int = 32  # rows: streams of bptt tokens (CLM, MLM) or sentence pairs (TLM)
+    batch_size: int = 32  # streams of bptt tokens (CLM, MLM); TLM batches hold pairs up to as many tokens
     bptt: int = 64
     max_len: int = 100
     optimizer: str = "adam_inverse_sqrt,lr=0.0005,beta1=0.9,beta2=0.98,warmup_updates=100"
@@ -133,18 +133,19 @@ def model_config_file(settings: Settings) -> Path:
 def tokens_per_step(settings: Settings, prepared: Path, mlm: list[str]) -> dict[str, float]:
     """Input tokens of one optimizer step: {"stream": ..., "pairs": ..., "mean": ...}.
 
-    A stream step (CLM, MLM) reads batch_size x bptt tokens. A TLM step reads batch_size pairs of
-    len1 + len2 + 4 tokens (padding excluded); over an epoch every kept pair is read once, so its mean is the
-    kept pairs' tokens over the batches of an epoch. The trainer's iteration is min(5, n) draws among the n
-    monolingual steps, then min(5, m) among the m parallel ones: the mix of the two kinds is fixed.
+    A stream step (CLM, MLM) reads batch_size x bptt tokens. A TLM step reads sentence pairs of len1 + len2 + 4
+    tokens (padding excluded) up to about as many (`tokens_per_batch`); over an epoch every kept pair is read
+    once, so its mean is the kept pairs' tokens over the batches of an epoch. The trainer's iteration is
+    min(5, n) draws among the n monolingual steps, then min(5, m) among the m parallel ones: a fixed mix.
     """
-    stream = float(settings.batch_size * settings.bptt)
+    stream_tokens = settings.batch_size * settings.bptt
+    stream = float(stream_tokens)
     pair_steps = [lang for lang in mlm if "-" in lang]
     if not pair_steps:
         return {"stream": stream, "pairs": 0.0, "mean": stream}
     pairs = data.open_prepared(prepared, "train", None).para[("en", "fr")]
     batches = data.PairBatches(
-        pairs, lang_ids=(0, 1), eos_id=1, pad_id=2, batch_size=settings.batch_size, max_len=settings.max_len
+        pairs, lang_ids=(0, 1), eos_id=1, pad_id=2, max_len=settings.max_len, tokens_per_batch=stream_tokens
     )
     per_batch = float(batches.row_lengths[batches.pairs].sum()) / len(batches)
     n_mono, n_para = min(5, len(mlm) - len(pair_steps)), min(5, len(pair_steps))
@@ -157,7 +158,8 @@ def run_config(settings: Settings, name: str, prepared: Path, tokenizer_dir: Pat
         data=str(prepared), out=str(run_dir(settings, name)), clm=clm, mlm=mlm,
         model_config=str(model_config_file(settings)), tokenizer=str(tokenizer_dir), optimizer=settings.optimizer,
         dropout=settings.dropout, attention_dropout=settings.dropout, steps=steps, batch_size=settings.batch_size,
-        bptt=settings.bptt, max_len=settings.max_len, eval_batches=settings.eval_batches, seed=settings.seed,
+        bptt=settings.bptt, max_len=settings.max_len, tokens_per_batch=settings.batch_size * settings.bptt,
+        eval_batches=settings.eval_batches, seed=settings.seed,
         progress=False,
     )  # fmt: skip
 
