@@ -36,7 +36,10 @@ def done(tmp_path_factory, enfr_vocab_dir) -> tuple[experiment.Settings, dict]:
         settings, out=root / "out", images=root / "docs" / "img", page=root / "docs" / "experiments.md",
         vocab_dir=enfr_vocab_dir,
     )  # fmt: skip
-    return settings, experiment.run_experiment(settings)
+    results = experiment.run_experiment(settings)
+    for state in settings.out.glob("runs/*/checkpoint-*/training_state.pt"):
+        state.unlink()  # the optimizer's state (~17 MB a run) is not needed here: the temporary files stay small
+    return settings, results
 
 
 def test_plots_tables_and_page_are_written(done):
