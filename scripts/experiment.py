@@ -250,30 +250,43 @@ def pieces_retrieval(sentences: dict[str, list[list[int]]], vocab_size: int) -> 
     return {"en->fr": scores["forward"], "fr->en": scores["backward"], "chance": scores["chance"]}
 
 
+def mask_choices(lengths: list[int], rate: float = 0.15, seed: int = 0) -> list[list[int]]:
+    """Which tokens of each sentence to mask (indices into the unframed sentence), each with chance `rate`."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nonzero(torch.rand(n, generator=generator) < rate).flatten().tolist() for n in lengths]
+
+
 @torch.no_grad()
 def accuracy_with_and_without_translation(
-    model: XLM, sentences: dict[str, list[list[int]]], masked: str, *, rate: float = 0.15, batch_size: int = 64
+    model: XLM,
+    sentences: dict[str, list[list[int]]],
+    masked: str,
+    *,
+    choices: list[list[int]] | None = None,
+    batch_size: int = 64,
 ) -> dict[str, float]:
     """Masked-token accuracy (%) on the `masked` language's sentences: {"with": ..., "without": ...}.
 
-    The same positions are masked (all replaced by the mask id: no keep/random) in both conditions: "with",
-    the row is the TLM pair `</s> a </s> </s> b </s>` (xlm.data.concat_pairs), masks in `a` only; "without",
-    the row is `</s> a </s>` alone. Positions drawn from a generator seeded with 0.
+    The same tokens are masked (all replaced by the mask id: no keep/random) in both conditions: "with", the row
+    is the TLM pair `</s> a </s> </s> b </s>` (xlm.data.concat_pairs), masks in `a` only; "without", the row is
+    `</s> a </s>` alone. choices: the masked tokens of each sentence (`mask_choices`, 15% seeded with 0 if None).
     """
     other = "fr" if masked == "en" else "en"
     lang_ids = (model.config.lang2id[masked], model.config.lang2id[other])
-    generator = torch.Generator().manual_seed(0)
+    firsts = [s[1:-1] for s in sentences[masked]]  # unframed: concat_pairs frames
+    choices = mask_choices([len(a) for a in firsts]) if choices is None else choices
     hits, total = {"with": 0, "without": 0}, 0
     model.eval()
-    for start in range(0, len(sentences[masked]), batch_size):
-        first = [s[1:-1] for s in sentences[masked][start : start + batch_size]]  # unframed: concat_pairs frames
+    for start in range(0, len(firsts), batch_size):
+        first = firsts[start : start + batch_size]
         second = [s[1:-1] for s in sentences[other][start : start + batch_size]]
         pair = data.concat_pairs(first, second, lang_ids, eos_id=model.config.eos_id, pad_id=model.config.pad_id)
         lengths = torch.tensor([len(a) for a in first])  # (B,)
         columns = torch.arange(int(lengths.max()) + 2)[None, :]  # (1, T'): `</s> a </s>` of the longest
         alone = pair.input_ids[:, : columns.size(1)].masked_fill(columns > lengths[:, None] + 1, model.config.pad_id)
-        chosen = (columns >= 1) & (columns <= lengths[:, None])  # (B, T'): the tokens of `a`
-        chosen &= torch.rand(chosen.shape, generator=generator) < rate
+        chosen = torch.zeros(alone.shape, dtype=torch.bool)  # (B, T'): the masked tokens, after the first </s>
+        for row, picks in enumerate(choices[start : start + batch_size]):
+            chosen[row, [1 + i for i in picks]] = True
         in_pair = torch.zeros_like(pair.attention_mask)  # (B, T): `a` sits at the same columns in both rows
         in_pair[:, : columns.size(1)] = chosen
         h = model.encode(
@@ -284,7 +297,7 @@ def accuracy_with_and_without_translation(
         h = model.encode(alone.masked_fill(chosen, model.config.mask_id), lang_ids[0], causal=False)  # (B, T', C)
         hits["without"] += (model.logits(h[chosen]).argmax(-1) == alone[chosen]).sum().item()
         total += int(chosen.sum())
-    return {condition: 100.0 * count / total for condition, count in hits.items()}  # fmt: skip
+    return {condition: 100.0 * count / max(total, 1) for condition, count in hits.items()}
 
 
 def measure(name: str, cfg: train.TrainConfig, model: XLM, test: data.PreparedData, sentences: dict) -> dict:

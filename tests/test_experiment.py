@@ -1,6 +1,7 @@
 """scripts/experiment.py end to end, in seconds: the --quick settings (200 real pairs a split, a 2-layer, 32-wide
 model with the real 64,139-piece vocabulary), then its files, its tables against its JSON, its token budget,
-and retrieval on the training pairs of the tiny MLM + TLM model it trained."""
+and retrieval on the training pairs of the tiny MLM + TLM model it trained. Also the TLM-effect measure against
+a row-by-row count."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import env_flag, skip_or_fail
 
 from scripts import experiment
 from xlm.checkpoint import load_pretrained
+from xlm.config import PRESETS
 from xlm.gettext_corpus import LOCALE_DIR
+from xlm.model import XLM
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ("en", "fr")
@@ -133,3 +137,42 @@ def test_bad_options_are_one_line_errors(capsys):
         experiment.main(["--tokens", "0"])
     assert exit_info.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_translation_effect_equals_a_row_by_row_count():
+    """accuracy_with_and_without_translation batches sentences of several lengths with padding; here each row is
+    written out alone (`</s> a </s> </s> b </s>`, languages per part, positions restarting at b's `</s>`; and
+    `</s> a </s>`), and the hits counted one by one. The output bias leaves only ids 14-17 (the sentences'
+    pieces) in reach, so the counts are neither 0 nor all: a wrong language, framing, padding or mask column
+    changes them. (A wrong position in the other sentence barely moves a random model's prediction at a masked
+    token; the TLM row itself is pinned by the data tests of `xlm.data.concat_pairs`.)"""
+    config = dataclasses.replace(PRESETS["xlm-mlm-enfr-1024"], vocab_size=512, dim=32, n_layers=2, n_heads=4)
+    torch.manual_seed(0)
+    model = XLM(config).eval()
+    with torch.no_grad():
+        model.output_bias.fill_(-100.0)
+        model.output_bias[14:18] = 0.0
+    draw = torch.Generator().manual_seed(1)
+    pieces = {lang: [torch.randint(14, 18, (int(n),), generator=draw).tolist()
+                     for n in torch.randint(1, 10, (40,), generator=draw)] for lang in LANGS}  # fmt: skip
+    sentences = {lang: [[1, *ids, 1] for ids in pieces[lang]] for lang in LANGS}
+    choices = experiment.mask_choices([len(a) for a in pieces["en"]], rate=0.5, seed=2)
+    got = experiment.accuracy_with_and_without_translation(model, sentences, "en", choices=choices, batch_size=16)
+    hits, total = {"with": 0, "without": 0}, 0
+    with torch.no_grad():
+        for a, b, picks in zip(pieces["en"], pieces["fr"], choices, strict=True):
+            masked_a = [5 if i in picks else token for i, token in enumerate(a)]
+            rows = {
+                "with": ([1, *masked_a, 1, 1, *b, 1], [0] * (len(a) + 2) + [1] * (len(b) + 2),
+                         list(range(len(a) + 2)) + list(range(len(b) + 2))),
+                "without": ([1, *masked_a, 1], [0] * (len(a) + 2), list(range(len(a) + 2))),
+            }  # fmt: skip
+            for condition, (ids, langs, positions) in rows.items():
+                h = model.encode(torch.tensor([ids]), torch.tensor([langs]), causal=False,
+                                 positions=torch.tensor([positions]))  # fmt: skip
+                predicted = model.logits(h[0, [1 + i for i in picks]]).argmax(-1).tolist()
+                hits[condition] += sum(p == a[i] for p, i in zip(predicted, picks, strict=True))
+            total += len(picks)
+    expected = {condition: 100.0 * count / total for condition, count in hits.items()}
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert 0 < expected["with"] < 100 and 0 < expected["without"] < 100 and total > 20
