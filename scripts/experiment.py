@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import platform
 import shutil
 import sys
 import time
@@ -448,14 +450,6 @@ def percent(scores: dict, centred: bool = True) -> list[str]:
     return [f"{100 * scores[key]:.1f}" for key in keys]
 
 
-def write_page(page: Path, block: str) -> None:
-    text = page.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"experiment: {page} lacks the markers {BEGIN} ... {END}")
-    head, rest = text.split(BEGIN, 1)
-    page.write_text(f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
-
-
 # ---- the whole experiment ---------------------------------------------------------------------------------------
 
 
@@ -490,21 +484,16 @@ def run_experiment(settings: Settings, command: str = "python scripts/experiment
     (settings.out / "tables.md").write_text(block + "\n", encoding="utf-8")
     if settings.page is not None:
         write_docs_table(settings.page, counts_summary(counts))
-        write_page(settings.page, block)
+        write_docs_table(settings.page, block, markers=(BEGIN, END))
     return results
 
 
 def relative(path: Path, base: Path) -> str:
     """`path` as a link from a page in `base` (../ where needed)."""
-    import os
-
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
 
 
 def machine() -> str:
-    import os
-    import platform
-
     return f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}"
 
 

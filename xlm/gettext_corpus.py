@@ -486,14 +486,14 @@ def counts_summary(counts: dict) -> str:
 DOCS_BEGIN, DOCS_END = "<!-- make_gettext_corpus.py: begin -->", "<!-- make_gettext_corpus.py: end -->"
 
 
-def write_docs_table(path: str | Path, table: str) -> None:
+def write_docs_table(path: str | Path, table: str, markers: tuple[str, str] = (DOCS_BEGIN, DOCS_END)) -> None:
     """Replace the text between the two markers of a Markdown page with `table` (any Markdown)."""
-    path = Path(path)
+    path, (begin, end) = Path(path), markers
     text = path.read_text(encoding="utf-8")
-    if DOCS_BEGIN not in text or DOCS_END not in text:
-        raise DataError(f"{path} lacks the markers {DOCS_BEGIN} ... {DOCS_END}")
-    head, rest = text.split(DOCS_BEGIN, 1)
-    path.write_text(f"{head}{DOCS_BEGIN}\n{table}\n{DOCS_END}{rest.split(DOCS_END, 1)[1]}", encoding="utf-8")
+    if begin not in text or end not in text:
+        raise DataError(f"{path} lacks the markers {begin} ... {end}")
+    head, rest = text.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
 
 
 # ---- command line -----------------------------------------------------------------------------------------
