@@ -36,7 +36,7 @@ import torch
 
 from xlm import data, train
 from xlm.checkpoint import load_pretrained
-from xlm.config import PRESETS, from_hf_config
+from xlm.config import PRESETS
 from xlm.errors import OneLineParser, XLMError
 from xlm.gettext_corpus import (
     LOCALE_DIR,
@@ -129,12 +129,6 @@ def model_config_file(settings: Settings) -> Path:
     return path
 
 
-def untrained_model(settings: Settings) -> XLM:
-    """The runs' initial weights: xlm.train.build_model seeds torch with the run's seed, then builds the model."""
-    torch.manual_seed(settings.seed)
-    return XLM(from_hf_config(model_config_file(settings)))
-
-
 # ---- 2. the runs: one token budget ----------------------------------------------------------------------------
 
 
@@ -184,7 +178,7 @@ def train_run(settings: Settings, name: str, prepared: Path, tokenizer_dir: Path
     shutil.rmtree(run_dir(settings, name), ignore_errors=True)
     cfg = run_config(settings, name, prepared, tokenizer_dir, ends[0])
     causal = bool(RUNS[name][0])
-    start = model_retrieval(untrained_model(settings), sentences, causal)  # step 0: the run's initial weights
+    start = model_retrieval(train.build_model(cfg, None), sentences, causal)  # step 0: the run's initial weights
     curve = [{"step": 0, "en->fr": start["en->fr"], "fr->en": start["fr->en"]}]
     checkpoint, wall, cpu = None, 0.0, 0.0
     for end in ends:
@@ -464,7 +458,7 @@ def run_experiment(settings: Settings, command: str = "python scripts/experiment
         runs[name] = train_run(settings, name, prepared, tokenizer_dir, sentences)
         cfg = run_config(settings, name, prepared, tokenizer_dir, runs[name]["steps"])
         runs[name].update(measure(name, cfg, load_pretrained(runs[name]["checkpoint"]), test, sentences))
-    untrained = untrained_model(settings)
+    untrained = train.build_model(run_config(settings, "MLM", prepared, tokenizer_dir, 1), None)  # same weights
     results = {
         "command": command, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "settings": {key: str(value) if isinstance(value, Path) else value
