@@ -497,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, help=f"input tokens per run (default {Settings.tokens:,})")
     parser.add_argument("--out", type=Path, help="work directory (default runs/experiment, --quick: -quick)")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/ alone: plots and tables under --out")
+    parser.add_argument("--vocab-dir", type=Path, help="codes_enfr + vocab_enfr (default: XLM_ENFR_VOCAB)")
     args = parser.parse_args(argv)
     settings = Settings(**QUICK) if args.quick else Settings()
     if args.tokens is not None:
@@ -505,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.tokens = args.tokens
     if args.out is not None:
         settings.out = args.out
+    if args.vocab_dir is not None:
+        settings.vocab_dir = args.vocab_dir
     if args.quick or args.no_docs:
         settings.images, settings.page = settings.out / "img", None
     command = " ".join(["python scripts/experiment.py", *(argv if argv is not None else sys.argv[1:])])
