@@ -68,7 +68,7 @@ class Settings:
     out: Path = REPO_ROOT / "runs" / "experiment"
     images: Path = REPO_ROOT / "docs" / "img"
     page: Path | None = REPO_ROOT / "docs" / "experiments.md"  # None: tables in out/tables.md only
-    tokens: int = 1_000_000  # CLM, the slowest: ~2.5 s a step of 2,048 tokens on 2 cores, so ~20 minutes
+    tokens: int = 1_000_000  # CLM, the slowest: 2.5-2.8 s a step of 2,048 tokens on 2 cores: ~20 minutes
     n_layers: int = 4
     dim: int = 256
     n_heads: int = 8
