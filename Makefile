@@ -19,7 +19,7 @@ test: setup  ## lint, then the whole test suite
 bench: setup  ## speed and memory against transformers (minutes); writes docs/performance.md's table
 	$(BIN)/python scripts/bench.py --write-docs
 
-experiment: setup  ## docs/experiments.md: corpus, three small pretraining runs (~45 min on 2 idle cores), plots, tables
+experiment: setup  ## docs/experiments.md: corpus, three small pretraining runs (45-50 min on 2 idle cores), plots, tables
 	$(BIN)/python -m pip install --quiet -e '.[experiment]'
 	$(BIN)/python scripts/experiment.py $(if $(TOKENS),--tokens $(TOKENS))
 
