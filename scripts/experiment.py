@@ -207,7 +207,7 @@ def train_run(settings: Settings, name: str, prepared: Path, tokenizer_dir: Path
 # ---- 3. measurements --------------------------------------------------------------------------------------------
 
 
-def test_perplexity(cfg: train.TrainConfig, model: XLM, test: data.PreparedData) -> dict[str, float]:
+def perplexity_and_accuracy(cfg: train.TrainConfig, model: XLM, test: data.PreparedData) -> dict[str, float]:
     """The trainer's evaluation (perplexity, accuracy % of every step of the run) on the whole test split:
     {"en_clm_ppl": ..., "en_clm_acc": ..., ...}. Masks from a generator seeded with 0."""
     cfg = dataclasses.replace(cfg, eval_batches=0)
@@ -299,7 +299,8 @@ def accuracy_with_and_without_translation(
 def measure(name: str, cfg: train.TrainConfig, model: XLM, test: data.PreparedData, sentences: dict) -> dict:
     """Every test figure of one trained model."""
     causal = bool(RUNS[name][0])
-    figures = {"test": test_perplexity(cfg, model, test), "retrieval": model_retrieval(model, sentences, causal)}
+    figures = {"test": perplexity_and_accuracy(cfg, model, test)}
+    figures["retrieval"] = model_retrieval(model, sentences, causal)
     if not causal:
         figures["translation"] = {lang: accuracy_with_and_without_translation(model, sentences, lang) for lang in LANGS}
     return figures
