@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The venv's tools on PATH without activating it: torch looks for ninja there to build xlm.fast's kernel.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: parity test lint bench setup clean
+.PHONY: parity test lint bench experiment setup clean
 
 parity: setup  ## the main job: xlm vs transformers on a synthetic xlm-clm-enfr-1024, offline
 	$(BIN)/python scripts/parity_check.py
@@ -18,6 +18,10 @@ test: setup  ## lint, then the whole test suite
 
 bench: setup  ## speed and memory against transformers (minutes); writes docs/performance.md's table
 	$(BIN)/python scripts/bench.py --write-docs
+
+experiment: setup  ## docs/experiments.md: corpus, three small pretraining runs (45-50 min on 2 idle cores), plots, tables
+	$(BIN)/python -m pip install --quiet -e '.[experiment]'
+	$(BIN)/python scripts/experiment.py $(if $(TOKENS),--tokens $(TOKENS))
 
 setup: $(VENV)/.installed
 

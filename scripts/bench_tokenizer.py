@@ -33,23 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from xlm.gettext_corpus import LOCALE_DIR, default_enfr_vocab_dir
 from xlm.parity import transformers_reference_ids
 from xlm.tokenizer import Tokenizer, convert_fastbpe_vocab
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-LOCALE_DIR = Path("/usr/share/locale/fr/LC_MESSAGES")
 # tokenizer_config.json of xlm-clm-enfr-1024 on the hub.
 ENFR_CONFIG = {
     "do_lowercase_and_remove_accent": True,
     "id2lang": {"0": "en", "1": "fr"},
     "lang2id": {"en": 0, "fr": 1},
 }
-
-
-def default_enfr_vocab_dir() -> Path:
-    """Where the real English-French BPE files are: env XLM_ENFR_VOCAB, else ../shared/xlm-enfr-vocab."""
-    return Path(os.environ.get("XLM_ENFR_VOCAB", REPO_ROOT.parent / "shared" / "xlm-enfr-vocab"))
 
 
 def gettext_corpus(locale_dir: Path = LOCALE_DIR, min_words: int = 3) -> dict[str, list[str]]:
