@@ -40,7 +40,9 @@ def run_tool(prog: str, tool: Callable[[], int]) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="surrogateescape")
     try:
-        return tool()
+        code = tool()
+        sys.stdout.flush()  # a reader gone before the last buffered line shows here, not in the exit's own flush
+        return code
     except BrokenPipeError:  # the reader went away (`xlm score ... | head -1`): stop quietly, as `cat` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
         return EXIT_BROKEN_PIPE
