@@ -328,8 +328,8 @@ def temperature_argument(value: str) -> float:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
     if temperature != 0 and not MIN_TEMPERATURE <= temperature < math.inf:
         raise argparse.ArgumentTypeError(
-            f"{value} is not 0 (greedy) nor a finite number >= {MIN_TEMPERATURE} (below it sampling is greedy "
-            "in all but name, and the scaled logits overflow)"
+            f"{value} is not 0 (greedy) nor a finite number >= {MIN_TEMPERATURE} (below it, sampling is greedy "
+            "in all but name: ask for 0)"
         )
     return temperature
 
