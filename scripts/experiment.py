@@ -30,7 +30,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -213,10 +212,8 @@ def perplexity_and_accuracy(cfg: train.TrainConfig, model: XLM, test: data.Prepa
     {"en_clm_ppl": ..., "en_clm_acc": ..., ...}. Masks from a generator seeded with 0."""
     cfg = dataclasses.replace(cfg, eval_batches=0)
     options = train.mask_options(cfg, model, test)
-    # train.evaluate reads these fields of a train.Run, which it builds only inside train.train.
-    run = SimpleNamespace(cfg=cfg, step=0, valid=test, model=model, mask_options=options, device=torch.device("cpu"))
-    scores = train.evaluate(run)
-    return {key.removeprefix("valid_"): value for key, value in scores.items() if key.startswith("valid_")}
+    scores = train.evaluate_split(model, cfg, test, mask_options=options, device=torch.device("cpu"), split="test")
+    return {key.removeprefix("test_"): value for key, value in scores.items()}
 
 
 def framed_pairs(prepared: Path, split: str) -> dict[str, list[list[int]]]:

@@ -513,30 +513,38 @@ def next_step(run: Run) -> tuple[str, str]:
 
 @torch.no_grad()
 def evaluate(run: Run) -> dict[str, Any]:
-    """Perplexity and accuracy of every listed step on the valid split (the original's evaluate_clm/_mlm).
+    """The run's model on its valid split at this step (see `evaluate_split`)."""
+    scores = evaluate_split(run.model, run.cfg, run.valid, mask_options=run.mask_options, device=run.device)
+    return {"step": run.step, "split": "valid", **scores}
+
+
+def evaluate_split(
+    model: XLM, cfg: TrainConfig, held_out: data.PreparedData, *, mask_options: dict, device, split: str = "valid"
+) -> dict[str, float]:
+    """Perplexity and accuracy of every step of `cfg` on a held-out split (the original's evaluate_clm/_mlm).
 
     Names are the original's: valid_en_clm_ppl, valid_en_mlm_acc, valid_en_fr_mlm_ppl (TLM). Masks come from a
     generator seeded with 0 at every evaluation, as the original's RandomState(0): figures compare across steps.
     """
-    cfg, scores = run.cfg, {"step": run.step, "split": "valid"}
-    run.model.eval()
+    scores = {}
+    model.eval()
     for objective, lang in cfg.steps_of:
-        corpus = corpus_of(run.valid, lang, "valid")
+        corpus = corpus_of(held_out, lang, split)
         generator = torch.Generator().manual_seed(0)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, predicted tokens, correct predictions
-        for batch in eval_batches(cfg, run.model, corpus, objective, lang):
+        for batch in eval_batches(cfg, model, corpus, objective, lang):
             if objective == "mlm":
-                batch = objectives.mask_batch(batch, generator, **run.mask_options)
+                batch = objectives.mask_batch(batch, generator, **mask_options)
             predictions = objectives.clm_predictions if objective == "clm" else objectives.mlm_predictions
-            with autocast(cfg, run.device):
-                logits, targets = predictions(run.model, batch.rows(*my_rows(len(batch))).to(run.device))
-            loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-            totals += torch.tensor([loss.item(), targets.numel(), (logits.argmax(-1) == targets).sum().item()])
-        loss_sum, count, correct = all_sum(totals.tolist(), run.device)
-        name = f"valid_{lang.replace('-', '_')}_{objective}"
+            with autocast(cfg, device):
+                logits, targets = predictions(model, batch.rows(*my_rows(len(batch))).to(device))
+            loss, count = objectives.summed_cross_entropy(logits, targets)
+            totals += torch.tensor([loss.item(), count, (logits.argmax(-1) == targets).sum().item()])
+        loss_sum, count, correct = all_sum(totals.tolist(), device)
+        name = f"{split}_{lang.replace('-', '_')}_{objective}"
         scores[f"{name}_ppl"] = math.exp(loss_sum / count) if count else math.nan
         scores[f"{name}_acc"] = 100.0 * correct / count if count else math.nan
-    run.model.train()
+    model.train()
     return scores
 
 
@@ -871,6 +879,20 @@ def _train_and_report(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "OptimizerOptions", "TrainConfig", "TrainResult", "build_model", "build_parser", "evaluate", "find_checkpoint",
-    "learning_rate", "main", "resume_config", "save_checkpoint", "setup", "train", "train_step",
+    "OptimizerOptions",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "build_parser",
+    "evaluate",
+    "evaluate_split",
+    "find_checkpoint",
+    "learning_rate",
+    "main",
+    "mask_options",
+    "resume_config",
+    "save_checkpoint",
+    "setup",
+    "train",
+    "train_step",
 ]  # fmt: skip
