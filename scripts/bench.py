@@ -12,17 +12,24 @@ minutes on a VM). The weights sweep (reading every weight tensor once: `t.sum()`
 measured right before each of our decoding runs, and each decoding step is reported as a multiple of it.
 
 Figures (docs/performance.md says what bounds each):
-- greedy decoding, prompt 16, 64 new tokens, batch 1 and 8: ms per step = (time(64 tokens) - time(1)) / 63.
+- the machine's bounds, in the same run: the weights sweep, and the GFLOP/s of the best library GEMM on each of
+  the model's product shapes at 8, 16, 512, 1024 and 2048 rows, fp32 and bf16 (`bench_bounds`); forwards and
+  batched decoding steps are reported as fractions of the time their products take at those rates
+  (`gemm_bound_seconds`);
+- greedy decoding, prompt 16, 64 new tokens, batch 1, 8 and 16 (transformers at 1 and 8): ms per step =
+  (time(64 tokens) - time(1)) / 63.
   transformers: `generate(use_cache=False)` (correct, recomputes everything) and `generate()` (cached, but
   with wrong tokens: it feeds a dummy mask token, see docs/usage.md); xlm: plain, `--fast` (xlm/fast.py: its
   kernels, and decoding steps of up to 4 rows in one C++ call) and, for bigger batches, `--fast --compile`
   (their decode step through torch.compile), fp32 and bf16;
 - forward latency, all-position logits, causal (transformers with `config.causal = True`), 1x16, 8x128, 1x512;
-  the max |logits difference| against transformers on 8x128;
+  the max |logits difference| against transformers;
 - load to first logits in a fresh process, and its peak RSS over a bare `import torch` process;
 - corpus scoring tokens/s (`corpus_perplexity`; transformers: the same batches through its forward);
 - tokenizer sentences/s (scripts/bench_tokenizer.py; skipped without the enfr BPE files, XLM_ENFR_VOCAB);
 - bf16 against fp32: top-1 agreement and max |logits difference| on an 8x128 batch;
+- `--only bounds` and `--only forward`: the bounds alone, or the bounds and the forwards (printed, not written to
+  the docs);
 - `--only train`, a section run on its own: one full training step (forward, backward, optimizer), batch 8 x 256,
   fp32 and bf16 autocast, xlm's (xlm/train.py) against transformers' XLMWithLMHeadModel: tokens/s, the losses of
   every step, peak RSS.
@@ -735,7 +742,6 @@ def render_bounds(bounds: dict, repeats: int) -> list[str]:
     rows = sorted({e["rows"] for e in entries})
     letters = {"mkl": "m", "matmul": "t", "onednn": "d"}
     lines = [
-        "",
         f"**Bounds**, measured in this run (medians of {repeats}, all taking turns). GFLOP/s of y = x W^T + b on "
         "the model's own weights W (O x I) at each row count: the best library kernel, and in parentheses the "
         "other; m = MKL (F.linear, fp32), t = torch's bf16 matmul (F.linear, oneDNN AVX512-BF16), d = oneDNN's "
