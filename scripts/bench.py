@@ -12,17 +12,24 @@ minutes on a VM). The weights sweep (reading every weight tensor once: `t.sum()`
 measured right before each of our decoding runs, and each decoding step is reported as a multiple of it.
 
 Figures (docs/performance.md says what bounds each):
-- greedy decoding, prompt 16, 64 new tokens, batch 1 and 8: ms per step = (time(64 tokens) - time(1)) / 63.
+- the machine's bounds, in the same run: the weights sweep, and the GFLOP/s of the best library GEMM on each of
+  the model's product shapes at 8, 16, 512, 1024 and 2048 rows, fp32 and bf16 (`bench_bounds`); forwards and
+  batched decoding steps are reported as fractions of the time their products take at those rates
+  (`gemm_bound_seconds`);
+- greedy decoding, prompt 16, 64 new tokens, batch 1, 8 and 16 (transformers at 1 and 8): ms per step =
+  (time(64 tokens) - time(1)) / 63.
   transformers: `generate(use_cache=False)` (correct, recomputes everything) and `generate()` (cached, but
   with wrong tokens: it feeds a dummy mask token, see docs/usage.md); xlm: plain, `--fast` (xlm/fast.py: its
   kernels, and decoding steps of up to 4 rows in one C++ call) and, for bigger batches, `--fast --compile`
   (their decode step through torch.compile), fp32 and bf16;
 - forward latency, all-position logits, causal (transformers with `config.causal = True`), 1x16, 8x128, 1x512;
-  the max |logits difference| against transformers on 8x128;
+  the max |logits difference| against transformers;
 - load to first logits in a fresh process, and its peak RSS over a bare `import torch` process;
 - corpus scoring tokens/s (`corpus_perplexity`; transformers: the same batches through its forward);
 - tokenizer sentences/s (scripts/bench_tokenizer.py; skipped without the enfr BPE files, XLM_ENFR_VOCAB);
 - bf16 against fp32: top-1 agreement and max |logits difference| on an 8x128 batch;
+- `--only bounds` and `--only forward`: the bounds alone, or the bounds and the forwards (printed, not written to
+  the docs);
 - `--only train`, a section run on its own: one full training step (forward, backward, optimizer), batch 8 x 256,
   fp32 and bf16 autocast, xlm's (xlm/train.py) against transformers' XLMWithLMHeadModel: tokens/s, the losses of
   every step, peak RSS.
@@ -73,7 +80,10 @@ class Settings:
     repeats: int = 3  # decoding, loading, scoring
     forward_repeats: int = 5
     new_tokens: int = 64
-    batches: tuple[int, ...] = (1, 8)
+    batches: tuple[int, ...] = (1, 8, 16)
+    theirs_batches: tuple[int, ...] = (1, 8)  # transformers' uncached generate at 16 rows: ~3 minutes, no new fact
+    gemm_rows: tuple[int, ...] = (8, 16, 512, 1024, 2048)  # decoding 8, 16; forwards 1x16, 1x512, 8x128; training
+    bound_repeats: int = 3
     scoring_sentences: int = 48
     tokenizer_lines: int = 10_000
     small: bool = False  # a scaled-down model: checks the script end to end, its figures mean nothing
@@ -129,19 +139,26 @@ def checkpoint(settings: Settings, scratch: Path) -> Path:
     return save_synthetic_checkpoint(small, scratch / PRESET)
 
 
-def load_models(path: Path) -> Models:
-    transformers = import_transformers()
-    transformers.utils.logging.set_verbosity_error()
+def load_models(path: Path, *, compiled: bool = True, theirs: bool = True) -> Models:
+    """Our configurations in fp32 and bf16 (the `+compile` ones if `compiled`), and transformers' if `theirs`."""
     ours = {}
     for dtype in ("fp32", "bf16"):
         load = functools.partial(load_pretrained, path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
         ours[dtype] = Ours(load(), Decoder())
         ours[f"{dtype} fast"] = Ours(aligned(load()), fast.FastDecoder(), fast=True)
-        compiled = fast.FastDecoder(compile_decoding=True)  # on a model built with the attention Inductor fuses
-        ours[f"{dtype} fast+compile"] = Ours(aligned(load(attention="reference")), compiled, fast=True)
-    theirs = transformers.XLMWithLMHeadModel.from_pretrained(path, dtype=torch.float32).eval()
-    theirs.transformer.causal = True  # the hub config says false; the CLM is causal (docs/parity.md)
-    return Models(path, ours, theirs, ours["fp32"].model.config.vocab_size)
+        if compiled:  # a decoder compiling decode_one, on a model built with the attention Inductor fuses
+            decoder = fast.FastDecoder(compile_decoding=True)
+            ours[f"{dtype} fast+compile"] = Ours(aligned(load(attention="reference")), decoder, fast=True)
+    return Models(path, ours, load_theirs(path) if theirs else None, ours["fp32"].model.config.vocab_size)
+
+
+def load_theirs(path: Path) -> torch.nn.Module:
+    """transformers' XLMWithLMHeadModel, fp32, causal."""
+    transformers = import_transformers()
+    transformers.utils.logging.set_verbosity_error()
+    model = transformers.XLMWithLMHeadModel.from_pretrained(path, dtype=torch.float32).eval()
+    model.transformer.causal = True  # the hub config says false; the CLM is causal (docs/parity.md)
+    return model
 
 
 def aligned(model):
@@ -213,10 +230,10 @@ def bench_decode(models: Models, settings: Settings) -> list[dict]:
     rows = []
     for batch in settings.batches:
         ids = random_ids(models.vocab_size, (batch, PROMPT), seed=batch)
-        runs: dict[str, Callable[[int], object]] = {
-            "transformers generate(use_cache=False)": transformers_decoder(models.theirs, ids, False),
-            "transformers generate() [wrong tokens]": transformers_decoder(models.theirs, ids, True),
-        }
+        runs: dict[str, Callable[[int], object]] = {}
+        if batch in settings.theirs_batches:
+            runs["transformers generate(use_cache=False)"] = transformers_decoder(models.theirs, ids, False)
+            runs["transformers generate() [wrong tokens]"] = transformers_decoder(models.theirs, ids, True)
         for variant, ours in models.ours.items():
             if not (variant.endswith("+compile") and batch <= fast.FUSED_MAX_ROWS):  # (= "fast" there)
                 runs[f"xlm {variant}"] = xlm_decoder(ours, ids)
@@ -239,15 +256,141 @@ def bench_decode(models: Models, settings: Settings) -> list[dict]:
                 row["sweep_ms"] = 1e3 * median([swept for swept, _ in pairs[name]])
                 row["x_sweep"] = median([step / swept for swept, step in pairs[name]])
             rows.append(row)
-        reference = next(r["ms_per_step"] for r in rows if r["batch"] == batch and "use_cache=False" in r["contender"])
+        reference = [r["ms_per_step"] for r in rows if r["batch"] == batch and "use_cache=False" in r["contender"]]
         for row in rows:
-            if row["batch"] == batch:
-                row["speedup_vs_transformers_no_cache"] = reference / row["ms_per_step"]
+            if row["batch"] == batch and reference:
+                row["speedup_vs_transformers_no_cache"] = reference[0] / row["ms_per_step"]
     return rows
 
 
 def weight_bytes(models: Models) -> dict[str, int]:
     return {dtype: sum(p.nbytes for p in models.ours[dtype].model.parameters()) for dtype in ("fp32", "bf16")}
+
+
+# --- The machine's bounds: the weights sweep and GEMM throughput, at the model's shapes ------------------------
+# Nearly all of a forward's time is matrix products y = x W^T + b, so its bound is the time those products take at
+# the best throughput this machine's libraries reach on each of the model's shapes (per token: 4 L of (C, C), L of
+# (F, C), L of (C, F), and the head (V, C) where logits are computed), measured in the same run as the contenders.
+# Each measurement multiplies by the model's own weight tensors of that shape, cycled (all 24 (C, C) at few rows:
+# the weights come from memory as in the model), up to GEMM_FLOP_BUDGET.
+
+GEMM_FLOP_BUDGET = 16e9  # FLOP per measurement of one shape and row count (at least one product)
+
+
+def gemm_kernels(dtype: torch.dtype) -> dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], object]]:
+    """The library kernels for x W^T + b on CPU that the bound takes the best of, by name.
+
+    fp32: F.linear is MKL's sgemm; bf16: F.linear is torch's bf16 matmul, oneDNN with AVX512-BF16. `onednn` is
+    oneDNN's linear on the same weights, `torch.ops.mkldnn._linear_pointwise` (xlm.fast.onednn_linear), both dtypes.
+    """
+    kernels = {"mkl" if dtype == torch.float32 else "matmul": torch.nn.functional.linear}
+    if fast.ONEDNN:
+        kernels["onednn"] = fast.onednn_linear
+    return kernels
+
+
+def model_products(model: torch.nn.Module) -> dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """The model's matrix products by weight shape (O, I): [(weight, bias)], every nn.Linear, then the tied head."""
+    products: dict[tuple[int, int], list] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            products.setdefault(tuple(module.weight.shape), []).append((module.weight, module.bias))
+    head = model.embeddings.weight  # (V, C): the LM head multiplies by the embedding table
+    products.setdefault(tuple(head.shape), []).append((head, model.output_bias))
+    return products
+
+
+@torch.no_grad()
+def bench_bounds(models: dict[str, torch.nn.Module], settings: Settings) -> dict:
+    """GFLOP/s of each kernel of `gemm_kernels` per (dtype, shape, rows), and the weights sweep of each dtype.
+
+    models: {"fp32": model, "bf16": model}, plain. Every measurement (a kernel on one shape and row count, or a
+    sweep) takes its turn in each of `bound_repeats` rounds; each figure is a median.
+    """
+    contenders: dict[str, Callable[[], float]] = {}
+    entries = []
+    for dtype, model in models.items():
+        products = model_products(model)
+        head = tuple(model.embeddings.weight.shape)
+        for (out_features, in_features), pairs in products.items():
+            for rows in settings.gemm_rows:
+                x = torch.randn(rows, in_features).to(pairs[0][0].dtype)  # (rows, I)
+                flop = 2 * rows * out_features * in_features
+                used = pairs[: max(1, int(GEMM_FLOP_BUDGET // flop))]
+                entry = {"dtype": dtype, "out": out_features, "in": in_features, "per_token": len(pairs), "rows": rows}
+                entry.update(head=(out_features, in_features) == head, flop=flop * len(used), keys={})
+                for name, kernel in gemm_kernels(x.dtype).items():
+                    if flop < 1e9:  # a first call sets up the kernel for the shape (~ms): not timed
+                        kernel(x, *used[0])
+                    key = f"{dtype} {out_features}x{in_features} {rows} {name}"
+                    contenders[key] = lambda k=kernel, x=x, used=used: timed(lambda: [k(x, w, b) for w, b in used])
+                    entry["keys"][name] = key
+                entries.append(entry)
+        params = list(model.parameters())
+        contenders[f"sweep {dtype}"] = lambda params=params: sweep(params)
+    times = take_turns(contenders, settings.bound_repeats)
+    for entry in entries:
+        keys = entry.pop("keys")
+        entry["gflops"] = {name: entry["flop"] / median(times[key]) / 1e9 for name, key in keys.items()}
+        entry["kernel"] = max(entry["gflops"], key=entry["gflops"].get)
+        entry["best_gflops"] = entry["gflops"][entry["kernel"]]
+    sweeps = {}
+    for dtype, model in models.items():
+        seconds, nbytes = median(times[f"sweep {dtype}"]), sum(p.nbytes for p in model.parameters())
+        sweeps[dtype] = {"ms": 1e3 * seconds, "bytes": nbytes, "gb_per_s": nbytes / seconds / 1e9}
+    return {"gemm": entries, "sweep": sweeps}
+
+
+def gemm_bound_seconds(bounds: dict, rows: int, dtype: str, *, head_rows: int | None = None) -> float:
+    """Seconds the model's matrix products on `rows` positions take at the best measured throughput of each shape.
+
+    bounds: `bench_bounds`'s result; dtype "fp32" or "bf16". Per position: 4 L (C, C), L (F, C), L (C, F); the
+    head (V, C) on `head_rows` positions (default `rows`; 0 where no logits are computed, e.g. the positions an
+    MLM step does not predict). A forward's time can only approach this from above, so bound / measured is the
+    fraction of the bound reached. Throughput at a row count between two measured ones is interpolated linearly;
+    outside the measured range: ValueError. Backward products (a training step) are other shapes: not included.
+    """
+    head_rows = rows if head_rows is None else head_rows
+    shapes: dict[tuple[int, int], list[dict]] = {}
+    for entry in bounds["gemm"]:
+        if entry["dtype"] == dtype:
+            shapes.setdefault((entry["out"], entry["in"]), []).append(entry)
+    if not shapes:
+        raise ValueError(f"no GEMM throughput measured in {dtype}")
+    seconds = 0.0
+    for (out_features, in_features), entries in shapes.items():
+        n = head_rows if entries[0]["head"] else rows
+        if n:
+            flop = 2 * n * out_features * in_features * entries[0]["per_token"]
+            seconds += flop / (1e9 * interpolated_gflops(entries, n))
+    return seconds
+
+
+def interpolated_gflops(entries: list[dict], rows: int) -> float:
+    """The best GFLOP/s at `rows`, linear between the two nearest measured row counts."""
+    measured = sorted((e["rows"], e["best_gflops"]) for e in entries)
+    for (r0, g0), (r1, g1) in zip(measured, [*measured[1:], measured[-1]], strict=True):
+        if r0 <= rows <= r1:
+            return g0 if r1 == r0 else g0 + (g1 - g0) * (rows - r0) / (r1 - r0)
+    raise ValueError(f"GEMM throughput measured at {measured[0][0]}-{measured[-1][0]} rows, not at {rows}")
+
+
+def add_bound_fractions(report: dict) -> None:
+    """Each forward, and each batched decoding step of ours, against its GEMM bound (`gemm_bound_seconds` at its
+    rows and dtype): `gemm_bound_ms`, and `of_gemm_bound` = bound / measured."""
+    for row in report.get("forward", []):
+        batch, width = (int(n) for n in row["shape"].split("x"))
+        row["gemm_bound_ms"] = 1e3 * gemm_bound_seconds(report["bounds"], batch * width, dtype_of(row["contender"]))
+        row["of_gemm_bound"] = row["gemm_bound_ms"] / row["ms"]
+    measured = {entry["rows"] for entry in report["bounds"]["gemm"]}
+    for row in report.get("decode", []):
+        if "step_ms" in row and row["batch"] in measured:
+            row["gemm_bound_ms"] = 1e3 * gemm_bound_seconds(report["bounds"], row["batch"], dtype_of(row["contender"]))
+            row["of_gemm_bound"] = row["gemm_bound_ms"] / row["step_ms"]
+
+
+def dtype_of(contender: str) -> str:
+    return "bf16" if " bf16" in contender else "fp32"
 
 
 # --- Forward, scoring, precision ----------------------------------------------------------------------------
@@ -264,7 +407,7 @@ def bench_forward(models: Models, settings: Settings) -> list[dict]:
             "transformers fp32": lambda ids=ids, langs=langs: models.theirs(input_ids=ids, langs=langs).logits
         }
         for variant, ours in models.ours.items():
-            if variant in ("fp32", "fp32 fast", "bf16"):  # bf16 fast: the same kernels as bf16 for many rows
+            if not variant.endswith("+compile"):  # compilation changes decoding only
                 contenders[f"xlm {variant}"] = lambda ours=ours, ids=ids: forward(ours, ids)
         reference = contenders["transformers fp32"]()
         deltas = {name: (fn().float() - reference).abs().max().item() for name, fn in contenders.items()}
@@ -442,6 +585,8 @@ def verdicts(report: dict) -> list[dict]:
         return next(r for r in report["decode"] if r["contender"] == contender and r["batch"] == batch)
 
     forward = {r["contender"]: r for r in report["forward"] if r["shape"] == "8x128"}
+    fastest = {dtype: min((r for name, r in forward.items() if name.startswith("xlm") and dtype_of(name) == dtype),
+                          key=lambda r: r["ms"]) for dtype in ("fp32", "bf16")}  # fmt: skip
     load = {r["contender"]: r for r in report["load"]}
     fp32, bf16 = decode("xlm fp32 fast"), decode("xlm bf16 fast")
     no_cache = "vs transformers generate(use_cache=False)"
@@ -455,6 +600,10 @@ def verdicts(report: dict) -> list[dict]:
          ">=", 1.0, "x"),
         ("forward 8x128 fp32 (--fast) max abs logits difference vs transformers",
          forward["xlm fp32 fast"]["max_abs_vs_transformers"], "<=", 1e-5, ""),
+        *[(f"{d} decode b{b} (--fast) / {d} weights sweep", decode(f"xlm {d} fast", b)["x_sweep"], "<=", 1.5, "x")
+          for d in ("fp32", "bf16") for b in (8, 16)],
+        *[(f"forward 8x128 {d}: GEMM bound / measured ({fastest[d]['contender']})", fastest[d]["of_gemm_bound"],
+           ">=", target, "") for d, target in (("fp32", 0.7), ("bf16", 0.5))],
         ("load to first logits: transformers s / xlm s",
          load["transformers from_pretrained"]["process_s"] / load["xlm load_pretrained"]["process_s"], ">=", 1.0, "x"),
         ("peak RSS over import torch / fp32 weight bytes", load["xlm load_pretrained"]["rss_over_torch_x_weights"],
@@ -490,17 +639,21 @@ def render(report: dict) -> str:
         "**Greedy decoding**, prompt 16, 64 new tokens, fp32 unless noted. `generate` ms/step: end to end, "
         "(time of 64 tokens - time of 1) / 63. Against the bound, ours only: `step` is one decoding step alone "
         "(generate's step function and the greedy choice), `sweep` the time to read every weight once in that "
-        "dtype, the two taking turns 32 times per repeat; `x sweep` is the median of step / preceding sweep.",
+        "dtype, the two taking turns 32 times per repeat; `x sweep` is the median of step / preceding sweep. "
+        "`GEMM bound`: the step's products at the measured GEMM throughput for its rows (the Bounds below), and "
+        f"bound / step. transformers runs at batches {', '.join(str(b) for b in s['theirs_batches'])} only.",
         "",
-        "| contender | batch | `generate` ms/step | tokens/s | step ms | sweep ms | x sweep | vs transformers "
-        "use_cache=False |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| contender | batch | `generate` ms/step | tokens/s | step ms | sweep ms | x sweep | GEMM bound ms | "
+        "vs transformers use_cache=False |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in report["decode"]:
         bound = f"{r['step_ms']:.1f} | {r['sweep_ms']:.1f} | {r['x_sweep']:.2f}" if "x_sweep" in r else " | | "
+        gemm = f"{r['gemm_bound_ms']:.1f} ({r['of_gemm_bound']:.2f})" if "gemm_bound_ms" in r else ""
+        speedup = f"{r['speedup_vs_transformers_no_cache']:.2f}x" if "speedup_vs_transformers_no_cache" in r else ""
         lines.append(
             f"| {r['contender']} | {r['batch']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:.1f} | {bound} | "
-            f"{r['speedup_vs_transformers_no_cache']:.2f}x |"
+            f"{gemm} | {speedup} |"
         )
     compiled = [r for r in report["decode"] if "first_call_s" in r]
     firsts = ", ".join(f"{r['contender'][4:]} batch {r['batch']} {r['first_call_s']:.0f} s" for r in compiled)
@@ -516,7 +669,12 @@ def render(report: dict) -> str:
         f"({wb['fp32'] / sw['fp32_ms'] / 1e6:.1f} GB/s), bf16 {wb['bf16'] / 1e6:.0f} MB in {sw['bf16_ms']:.1f} ms "
         f"({wb['bf16'] / sw['bf16_ms'] / 1e6:.1f} GB/s): medians of every sweep of the plain models, batch 1.",
         "",
-        "**Forward**, all-position logits, causal, ms (speed-up over transformers; max |logits difference|).",
+    ]
+    lines += render_bounds(report["bounds"], s["bound_repeats"])
+    lines += [
+        "",
+        "**Forward**, all-position logits, causal, ms (speed-up over transformers; max |logits difference|; GEMM "
+        "bound / ms, the bound of its dtype being the row `GEMM bound` in ms).",
         "",
     ]
     lines += render_forward(report["forward"])
@@ -553,16 +711,68 @@ def render(report: dict) -> str:
 
 def render_forward(rows: list[dict]) -> list[str]:
     names = list(dict.fromkeys(r["contender"] for r in rows))
-    lines = ["| B x T | " + " | ".join(names) + " |", "|---|" + "--:|" * len(names)]
+    header = "| B x T | fp32 GEMM bound | bf16 GEMM bound | " + " | ".join(names) + " |"
+    lines = [header, "|---|" + "--:|" * (len(names) + 2)]
     for shape in dict.fromkeys(r["shape"] for r in rows):
-        cells = []
-        for name in names:
-            r = next(r for r in rows if r["shape"] == shape and r["contender"] == name)
-            extra = "" if name.startswith("transformers") else f" ({r['speedup_vs_transformers']:.2f}x; "
-            extra += "" if name.startswith("transformers") else f"{r['max_abs_vs_transformers']:.1e})"
+        of_shape = {r["contender"]: r for r in rows if r["shape"] == shape}
+        bound = {dtype_of(name): r["gemm_bound_ms"] for name, r in of_shape.items()}
+        cells = [f"{bound['fp32']:.1f}", f"{bound['bf16']:.1f}" if "bf16" in bound else ""]
+        for name, r in of_shape.items():
+            extra = f"; {r['of_gemm_bound']:.2f})"
+            if not name.startswith("transformers"):
+                extra = f" ({r['speedup_vs_transformers']:.2f}x; {r['max_abs_vs_transformers']:.1e}{extra}"
+            else:
+                extra = f" ({r['of_gemm_bound']:.2f})"
             cells.append(f"{r['ms']:.1f}{extra}")
         lines.append(f"| {shape} | " + " | ".join(cells) + " |")
     return lines
+
+
+def product_name(entry: dict) -> str:
+    """Which of the model's products a measured shape is: q, k, v, out (C, C); lin1 (F, C); lin2 (C, F); head."""
+    if entry["head"]:
+        return "head"
+    return "q, k, v, out" if entry["out"] == entry["in"] else "lin1" if entry["out"] > entry["in"] else "lin2"
+
+
+def render_bounds(bounds: dict, repeats: int) -> list[str]:
+    """GFLOP/s per product, dtype and row count (the best kernel's, and the other's), the whole model's
+    products at the bound, and the sweep."""
+    entries, sweeps = bounds["gemm"], bounds["sweep"]
+    rows = sorted({e["rows"] for e in entries})
+    letters = {"mkl": "m", "matmul": "t", "onednn": "d"}
+    lines = [
+        f"**Bounds**, measured in this run (medians of {repeats}, all taking turns). GFLOP/s of y = x W^T + b on "
+        "the model's own weights W (O x I) at each row count: the best library kernel, and in parentheses the "
+        "other; m = MKL (F.linear, fp32), t = torch's bf16 matmul (F.linear, oneDNN AVX512-BF16), d = oneDNN's "
+        "linear (`xlm.fast.onednn_linear`). `all products`: the model's products per token (4 L q, k, v, out; L "
+        "lin1; L lin2; the head) at these rates, and `GEMM bound` their time (`gemm_bound_seconds`).",
+        "",
+        "| product | O x I | dtype | " + " | ".join(f"{r} rows" for r in rows) + " |",
+        "|---|---|---|" + "--:|" * len(rows),
+    ]
+    for dtype in dict.fromkeys(e["dtype"] for e in entries):
+        shapes = dict.fromkeys((e["out"], e["in"]) for e in entries if e["dtype"] == dtype)
+        for out_features, in_features in shapes:
+            cells = []
+            for r in rows:
+                e = next(e for e in entries if (e["dtype"], e["out"], e["in"], e["rows"]) ==
+                         (dtype, out_features, in_features, r))  # fmt: skip
+                others = ", ".join(f"{g:.0f}" for name, g in e["gflops"].items() if name != e["kernel"])
+                cells.append(f"{e['best_gflops']:.0f} {letters.get(e['kernel'], e['kernel'])}"
+                             + (f" ({others})" if others else ""))  # fmt: skip
+            lines.append(f"| {product_name(e)} | {out_features} x {in_features} | {dtype} | {' | '.join(cells)} |")
+        per_token = sum(2 * e["out"] * e["in"] * e["per_token"] for e in entries if e["dtype"] == dtype
+                        and e["rows"] == rows[0])  # fmt: skip
+        seconds = [gemm_bound_seconds(bounds, r, dtype) for r in rows]
+        lines.append(f"| all products | | {dtype} | " + " | ".join(f"{per_token * r / t / 1e9:.0f}"
+                     for r, t in zip(rows, seconds, strict=True)) + " |")  # fmt: skip
+        lines.append(f"| GEMM bound ms | | {dtype} | " + " | ".join(f"{1e3 * t:.1f}" for t in seconds) + " |")
+    swept = [
+        f"{dtype} {v['bytes'] / 1e6:.0f} MB in {v['ms']:.1f} ms ({v['gb_per_s']:.1f} GB/s)"
+        for dtype, v in sweeps.items()
+    ]
+    return [*lines, "", f"Weights sweep in the same turns: {', '.join(swept)}."]
 
 
 def render_scoring_and_tokenizer(report: dict) -> list[str]:
@@ -776,6 +986,7 @@ def run(settings: Settings, command: str) -> dict:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(scratch) / "inductor")
         models = load_models(checkpoint(settings, Path(scratch)))
         report["weight_bytes"] = weight_bytes(models)
+        report["bounds"] = bench_bounds(plain_models(models), settings)
         report["bf16"] = bf16_agreement(models)
         report["decode"] = bench_decode(models, settings)
         report["sweep"] = {
@@ -787,7 +998,29 @@ def run(settings: Settings, command: str) -> dict:
         del models
         report["load"] = bench_load_fresh(settings, Path(scratch))
     report["tokenizer"] = bench_tokenizers(settings)
+    add_bound_fractions(report)
     report["verdicts"] = verdicts(report)
+    return report
+
+
+def plain_models(models: Models) -> dict[str, torch.nn.Module]:
+    return {dtype: models.ours[dtype].model for dtype in ("fp32", "bf16")}
+
+
+def run_section(section: str, settings: Settings, command: str) -> dict:
+    """`--only bounds` (the GEMM throughput and the sweep) or `--only forward` (the bounds, then the forwards
+    against them), each in one process like the full run; nothing else is loaded or measured."""
+    torch.set_num_threads(settings.threads)
+    report: dict = {"command": command, "settings": dataclasses.asdict(settings), "machine": machine(settings)}
+    with tempfile.TemporaryDirectory() as scratch:
+        models = load_models(checkpoint(settings, Path(scratch)), compiled=False, theirs=section == "forward")
+        report["bounds"] = bench_bounds(plain_models(models), settings)
+        lines = render_bounds(report["bounds"], settings.bound_repeats)
+        if section == "forward":
+            report["forward"] = bench_forward(models, settings)
+            add_bound_fractions(report)
+            lines += ["", *render_forward(report["forward"])]
+    print("\n".join(lines))
     return report
 
 
@@ -805,7 +1038,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of decoding, loading, scoring (default 3)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 repeat, 8 new tokens, small corpora")
     parser.add_argument("--small", action="store_true", help="a scaled-down model (for tests; figures mean nothing)")
-    parser.add_argument("--only", choices=["train"], help="only this section: train = one full training step")
+    parser.add_argument(
+        "--only", choices=["train", "bounds", "forward"],
+        help="only this section: train = one full training step; bounds = GEMM throughput and the weights sweep; "
+        "forward = the bounds and the forwards",
+    )  # fmt: skip
     parser.add_argument("--train-child", metavar="CONTENDER", help=argparse.SUPPRESS)  # bench_train's children
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -815,11 +1052,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(threads=args.threads, repeats=args.repeats, small=args.small)
     if args.quick or args.small:
         settings = dataclasses.replace(
-            settings, repeats=1, forward_repeats=1, new_tokens=8, scoring_sentences=8, tokenizer_lines=200
-        )
+            settings, repeats=1, forward_repeats=1, bound_repeats=1, new_tokens=8, scoring_sentences=8,
+            tokenizer_lines=200,
+        )  # fmt: skip
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.only == "train":
         report = run_train_only(settings, command.strip(), args.write_docs)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return 0
+    if args.only in ("bounds", "forward"):
+        if args.write_docs:
+            parser.error(f"--only {args.only} prints its tables; --write-docs needs the whole run")
+        report = run_section(args.only, settings, command.strip())
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         return 0

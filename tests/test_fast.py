@@ -218,6 +218,55 @@ def test_bf16_fast_forward_stays_within_bf16_rounding_of_the_plain_bf16(gemv, pl
             assert (top2[..., 0] - top2[..., 1])[flipped].le(2 * bound).all()
 
 
+def count_onednn_calls(monkeypatch) -> list:
+    """Record every product that `fast.linear` sends to oneDNN's linear (and still compute it there)."""
+    calls = []
+    route = fast.onednn_linear
+    monkeypatch.setattr(fast, "onednn_linear", lambda x, *rest: calls.append(x.dtype) or route(x, *rest))
+    return calls
+
+
+@pytest.mark.skipif(not fast.ONEDNN_BF16, reason="oneDNN without bf16 instructions: bf16 stays with F.linear")
+def test_forward_products_in_bf16_take_onednn_from_the_row_threshold_and_round_once(monkeypatch):
+    """bf16 products of ONEDNN_BF16_MIN_ROWS rows and more run on oneDNN's linear, fewer on F.linear; both sum in
+    fp32 and round once, so each output is within one bf16 rounding (2^-8 relative) of the exact product of the
+    bf16 inputs, plus fp32 summation error (~1e-6 relative, bounded here by 2^-16 of the row's absolute sum)."""
+    calls = count_onednn_calls(monkeypatch)
+    generator = torch.Generator().manual_seed(0)
+    w, b = torch.randn(48, 1027, generator=generator).bfloat16(), torch.randn(48, generator=generator).bfloat16()
+    for rows, expected in ((fast.ONEDNN_BF16_MIN_ROWS - 1, []), (fast.ONEDNN_BF16_MIN_ROWS, [torch.bfloat16])):
+        calls.clear()
+        x = torch.randn(rows, 1027, generator=generator).bfloat16()
+        with torch.no_grad():
+            y = fast.linear(x, w, b).double()
+        exact = F.linear(x.double(), w.double(), b.double())  # bf16 inputs are exact in float64
+        magnitude = F.linear(x.double().abs(), w.double().abs(), b.double().abs())
+        assert calls == expected
+        assert ((y - exact).abs() <= 2**-8 * exact.abs() + 2**-16 * magnitude).all()
+
+
+def test_fast_forward_of_many_rows_in_bf16_stays_within_bf16_rounding_of_the_plain(gemv, plain, monkeypatch):
+    """A bf16 forward of 4 x 80 positions (every product over ONEDNN_BF16_MIN_ROWS rows: oneDNN's linear where it
+    has bf16 instructions) against the plain bf16 model (torch's bf16 matmul): within `bf16_bound`, a flipped
+    argmax only where the top two logits are that close; the fp32 fast forward of the same rows within 1e-5."""
+    calls = count_onednn_calls(monkeypatch)
+    bf16 = copy.deepcopy(plain).to(torch.bfloat16)
+    ids = random_ids(CONFIG.vocab_size, (4, 80))
+    assert ids.numel() >= fast.ONEDNN_BF16_MIN_ROWS
+    with torch.no_grad():
+        a, b = bf16(ids, 0, causal=True).float(), fast_forward(bf16, ids, 0, causal=True).float()
+        bound = bf16_bound(a)
+        assert (a - b).abs().max() <= bound
+        top2 = a.topk(2, dim=-1).values  # (B, T, 2)
+        assert (top2[..., 0] - top2[..., 1])[a.argmax(-1) != b.argmax(-1)].le(2 * bound).all()
+        products = 6 * CONFIG.n_layers + 1
+        assert calls == ([torch.bfloat16] * products if fast.ONEDNN_BF16 else [])
+        calls.clear()
+        exact = plain(ids, 0, causal=True)
+        torch.testing.assert_close(fast_forward(plain, ids, 0, causal=True), exact, rtol=0, atol=TOL)
+        assert calls == ([torch.float32] * products if fast.ONEDNN else [])
+
+
 # --- The decoding step in one call -------------------------------------------------------------------------
 
 

@@ -54,6 +54,10 @@ from xlm.generation import Decoder, decode_one, prefill
 from xlm.model import XLM, KVCache
 
 GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; at 3-4 rows oneDNN is within 10% (measured)
+# bf16 from this many rows: oneDNN's linear, which adds the bias inside the kernel; torch's bf16 matmul (F.linear)
+# first copies the bias into every output row (~40 ms for the 8 x 128 head's logits). Below it the two are within
+# a few percent of each other, torch's ahead at 8-16 rows (docs/performance.md, Bounds).
+ONEDNN_BF16_MIN_ROWS = 256
 KERNEL_DIR = Path(__file__).parent / "csrc"  # gemv.h, gemv.cpp, decode_step.cpp
 KERNEL_SOURCES = [KERNEL_DIR / "gemv.cpp", KERNEL_DIR / "decode_step.cpp"]
 # -ffp-contract=fast: gemv.h's vector `acc += w * x` compiles to one fused multiply-add (GCC 12 does so by
@@ -62,6 +66,7 @@ KERNEL_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 # oneDNN's fp32 matmul on plain weights: x86 CPU builds of torch (aarch64 builds use it with ACL).
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+ONEDNN_BF16 = ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()  # bf16 instructions (AVX512-BF16, AMX)
 _built = {"gemv": False}  # set by gemv_kernel(); `linear` reads it (a plain flag: torch.compile can trace it)
 
 
@@ -132,7 +137,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear(x, weight, bias)` on the fastest kernel for its shape: x (..., I), weight (O, I) -> (..., O).
 
     CPU, fp32/bf16, no autograd: at most GEMV_MAX_ROWS rows -> the streaming kernel (once `gemv_kernel()` has
-    built it: `kernels()` and `FastDecoder` do); more rows in fp32 -> oneDNN. Everything else -> F.linear.
+    built it: `kernels()` and `FastDecoder` do); more rows in fp32, or ONEDNN_BF16_MIN_ROWS and more in bf16 ->
+    oneDNN's linear. Everything else -> F.linear.
     """
     if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.dtype != weight.dtype or _needs_grad(x, weight):
         return F.linear(x, weight, bias)
@@ -140,14 +146,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if 0 < rows <= GEMV_MAX_ROWS and _built["gemv"] and weight.is_contiguous():
         y = torch.ops.xlm.gemv(x.reshape(rows, x.size(-1)).contiguous(), weight, bias)  # (rows, O)
         return y.view(*x.shape[:-1], weight.size(0))
-    if x.dtype == torch.float32 and ONEDNN:
+    if (x.dtype == torch.float32 and ONEDNN) or (rows >= ONEDNN_BF16_MIN_ROWS and ONEDNN_BF16):
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 @torch.library.custom_op("xlm::onednn_linear", mutates_args=())
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """oneDNN's matmul on nn.Linear's own weight layout: (..., I) x (O, I) -> (..., O), fp32 on CPU.
+    """oneDNN's linear on nn.Linear's own weight layout: (..., I) x (O, I) -> (..., O), fp32 or bf16 on CPU
+    (bf16: fp32 sums, the bias added before the one rounding).
 
     An operator of its own so that torch.compile calls it as it is (Inductor only lowers this oneDNN call for
     weights it has repacked itself).
@@ -339,6 +346,8 @@ __all__ = [
     "FUSED_MAX_ROWS",
     "GEMV_MAX_ROWS",
     "ONEDNN",
+    "ONEDNN_BF16",
+    "ONEDNN_BF16_MIN_ROWS",
     "FastDecoder",
     "FastKernels",
     "align_weights",
