@@ -459,16 +459,25 @@ def _head_losses_and_grads(
         grad_logits[torch.arange(len(wanted), device=h.device), wanted] -= 1.0  # minus the one-hot
         grads[2].add_(grad_logits.sum(0))
         grad_logits = grad_logits.to(dtype)
-        grads[0][start : start + chunk] = _head_product(grad_logits, table.t(), None)  # (c, V) x (V, C)
-        grads[1].add_(_head_product(grad_logits.t(), part.t(), None))  # (V, c) x (c, C) -> (V, C)
+        grads[0][start : start + chunk] = _head_product(grad_logits, table.t(), None, GRAD_INPUT_KERNEL)  # (c, C)
+        _add_grad_weight(grads[1], grad_logits, part)
     return losses, grads
 
 
-def _head_product(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
-    """a (M, K) @ b (N, K).T (+ bias): oneDNN for fp32 on the CPU, F.linear otherwise (bf16: oneDNN too)."""
-    if ONEDNN and a.device.type == "cpu" and a.dtype == torch.float32:
+def _head_product(a: Tensor, b: Tensor, bias: Tensor | None, kernel: str = "onednn") -> Tensor:
+    """a (M, K) @ b (N, K).T (+ bias): fp32 on the CPU on `kernel` (see `times_transposed`), else F.linear (bf16:
+    oneDNN)."""
+    if ONEDNN and kernel == "onednn" and a.device.type == "cpu" and a.dtype == torch.float32:
         return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
     return F.linear(a, b, bias)
+
+
+def _add_grad_weight(total: Tensor, grad_logits: Tensor, part: Tensor) -> None:
+    """total (V, C) fp32 += grad_logits.T (V, c) @ part (c, C): a chunk's share of the embeddings' gradient."""
+    if grad_logits.dtype == torch.float32 and GRAD_WEIGHT_KERNEL == "mkl":
+        total.addmm_(grad_logits.t(), part)  # MKL adds in place: no (V, C) temporary
+    else:
+        total.add_(_head_product(grad_logits.t(), part.t(), None, GRAD_WEIGHT_KERNEL))
 
 
 __all__ = [
