@@ -321,7 +321,8 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus
 # --- Several processes ----------------------------------------------------------------------------------------
 
 
-def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
+@pytest.mark.parametrize("variant", [[], ["--fast"]], ids=["plain", "fast"])
+def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path, variant):
     """The same global batches split over 2 gloo processes (2 accumulated per step): losses within 1e-6, weights
     within 1e-5 after 6 steps.
 
@@ -329,11 +330,12 @@ def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
     1e-6 here rather than 1e-8: Adam divides each gradient by its own magnitude, so where the exact gradient is 0
     or nearly (the key biases, which softmax ignores; an FFN unit that barely fires) it turns the rounding noise of
     the sums, which differs between one process and two, into steps of ~lr; with eps 1e-8 such weights differ by
-    up to 4e-5 after 6 steps at lr 3e-3, while every other weight agrees within 1e-6.
+    up to 4e-5 after 6 steps at lr 3e-3, while every other weight agrees within 1e-6. The same with --fast (its
+    products and fused head under DistributedDataParallel).
     """
     args = ["--data", str(corpus), "--init", str(tiny), "--clm", "en", "--mlm", "fr,en-fr", "--steps", "6",
             "--batch-size", "6", "--bptt", "24", "--accumulate", "2", "--optimizer", "adam,lr=0.003,eps=0.000001",
-            "--dropout", "0", "--attention-dropout", "0", "--eval-batches", "2", "--no-progress"]  # fmt: skip
+            "--dropout", "0", "--attention-dropout", "0", "--eval-batches", "2", "--no-progress", *variant]  # fmt: skip
     one = cli([*args, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     two = cli([*args, "--out", str(tmp_path / "two")], launcher=("-m", "torch.distributed.run", "--standalone",
