@@ -177,9 +177,14 @@ def _needs_grad(x: Tensor, weight: Tensor) -> bool:
 # is differentiable (its backward below), so under `kernels()` all three run on oneDNN instead of MKL.
 
 # The kernel of each gradient product, "onednn" (the oneDNN matmul, any operand layout) or "mkl" (torch.mm), as
-# measured fastest at the model's shapes with 2048 rows (docs/performance.md).
-GRAD_INPUT_KERNEL = "onednn"  # grad_x = g @ W: (N, O) x (O, I)
-GRAD_WEIGHT_KERNEL = "onednn"  # grad_W = g.T @ x: (O, N) x (N, I)
+# measured fastest at the model's shapes with 2048 rows (docs/performance.md). grad_x = g @ W, (N, O) x (O, I):
+# oneDNN, 1.0-1.13x MKL's speed. grad_W = g.T @ x, (O, N) x (N, I): oneDNN reads g.T from a contiguous copy, which
+# pays where O <= I (1.12-1.20x MKL) and not beyond: (4096, 1024) 0.85x, the 64,139-row head 0.81x.
+GRAD_INPUT_KERNEL = "onednn"
+
+
+def grad_weight_kernel(out_features: int, in_features: int) -> str:
+    return "onednn" if out_features <= in_features else "mkl"
 
 
 def training_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -215,7 +220,8 @@ def _onednn_linear_backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | 
         grad_x = times_transposed(g, weight.t(), GRAD_INPUT_KERNEL).view(x.shape)  # (N, O) x (O, I) -> (..., I)
     if ctx.needs_input_grad[1]:
         rows = x.reshape(-1, x.size(-1))  # (..., I) -> (N, I)
-        grad_weight = times_transposed(g.t(), rows.t(), GRAD_WEIGHT_KERNEL)  # (O, N) x (N, I) -> (O, I)
+        kernel = grad_weight_kernel(*weight.shape)
+        grad_weight = times_transposed(g.t(), rows.t(), kernel)  # (O, N) x (N, I) -> (O, I)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = g.sum(0)  # (O,)
     return grad_x, grad_weight, grad_bias
@@ -439,29 +445,39 @@ class _HeadCrossEntropy(torch.autograd.Function):
 
 def _head_losses_and_grads(
     h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, chunk: int, dtype: torch.dtype, with_grads: bool
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+) -> tuple[Tensor, list[Tensor] | None]:
     """Per-position losses (P,) fp32, and the gradients of their sum w.r.t. h (P, C), weight (V, C), bias (V,)."""
     P = h.size(0)
     rows, table = h.to(dtype), weight.to(dtype)  # the products' operands (bf16 copies under bf16 autocast)
     losses = torch.empty(P, dtype=torch.float32, device=h.device)
-    grads = None
-    if with_grads:
-        grads = (torch.empty_like(h, dtype=torch.float32), torch.zeros_like(weight, dtype=torch.float32),
-                 torch.zeros_like(bias, dtype=torch.float32))  # fmt: skip
+    grads = [torch.empty_like(h, dtype=torch.float32), None, torch.zeros_like(bias, dtype=torch.float32)]
     for start in range(0, P, chunk):
         part, wanted = rows[start : start + chunk], targets[start : start + chunk]  # (c, C), (c,)
         logits = _head_product(part, table, bias.to(dtype)).float()  # (c, V)
-        lse = torch.logsumexp(logits, dim=-1)  # (c,)
-        losses[start : start + chunk] = lse - logits.gather(1, wanted[:, None]).squeeze(1)
-        if grads is None:
+        softmax, losses[start : start + chunk] = _softmax_and_losses(logits, wanted)
+        if not with_grads:
             continue
-        grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax (c, V), in place of the logits
+        grad_logits = softmax  # (c, V), in place of the logits
         grad_logits[torch.arange(len(wanted), device=h.device), wanted] -= 1.0  # minus the one-hot
         grads[2].add_(grad_logits.sum(0))
         grad_logits = grad_logits.to(dtype)
         grads[0][start : start + chunk] = _head_product(grad_logits, table.t(), None, GRAD_INPUT_KERNEL)  # (c, C)
-        _add_grad_weight(grads[1], grad_logits, part)
-    return losses, grads
+        grads[1] = _add_grad_weight(grads[1], grad_logits, part)
+    return losses, grads if with_grads else None
+
+
+def _softmax_and_losses(logits: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
+    """logits (c, V) fp32, overwritten -> (softmax (c, V) in the same memory, losses -log softmax[wanted] (c,)).
+
+    One exp per logit, every pass in place (a (c, V) chunk is 263 MB: torch.logsumexp and a second exp, with their
+    fresh temporaries, took 5x as long). The loss is logsumexp - the target's logit, as F.cross_entropy's.
+    """
+    picked = logits.gather(1, wanted[:, None]).squeeze(1)  # (c,)
+    top = logits.amax(dim=1, keepdim=True)  # (c, 1)
+    exps = logits.sub_(top).exp_()  # (c, V)
+    total = exps.sum(dim=1, keepdim=True)  # (c, 1)
+    losses = (top + total.log()).squeeze(1) - picked
+    return exps.div_(total), losses
 
 
 def _head_product(a: Tensor, b: Tensor, bias: Tensor | None, kernel: str = "onednn") -> Tensor:
@@ -472,12 +488,14 @@ def _head_product(a: Tensor, b: Tensor, bias: Tensor | None, kernel: str = "oned
     return F.linear(a, b, bias)
 
 
-def _add_grad_weight(total: Tensor, grad_logits: Tensor, part: Tensor) -> None:
-    """total (V, C) fp32 += grad_logits.T (V, c) @ part (c, C): a chunk's share of the embeddings' gradient."""
-    if grad_logits.dtype == torch.float32 and GRAD_WEIGHT_KERNEL == "mkl":
-        total.addmm_(grad_logits.t(), part)  # MKL adds in place: no (V, C) temporary
-    else:
-        total.add_(_head_product(grad_logits.t(), part.t(), None, GRAD_WEIGHT_KERNEL))
+def _add_grad_weight(total: Tensor | None, grad_logits: Tensor, part: Tensor) -> Tensor:
+    """total (V, C) fp32 + grad_logits.T (V, c) @ part (c, C): the chunks' sum of the embeddings' gradient (the first
+    chunk's product is the sum so far: nothing to zero). On MKL for fp32 (see `grad_weight_kernel`), added in place."""
+    on_mkl = grad_logits.dtype == torch.float32 and grad_weight_kernel(grad_logits.size(1), part.size(1)) == "mkl"
+    if on_mkl and total is not None:
+        return total.addmm_(grad_logits.t(), part)
+    product = grad_logits.t() @ part if on_mkl else _head_product(grad_logits.t(), part.t(), None, "onednn")
+    return product.float() if total is None else total.add_(product)
 
 
 __all__ = [
@@ -490,6 +508,7 @@ __all__ = [
     "align_weights",
     "fused_decode_one",
     "gemv_kernel",
+    "grad_weight_kernel",
     "kernel_build_name",
     "kernel_is_built",
     "kernels",
