@@ -178,8 +178,9 @@ def _needs_grad(x: Tensor, weight: Tensor) -> bool:
 
 # The kernel of each gradient product, "onednn" (the oneDNN matmul, any operand layout) or "mkl" (torch.mm), as
 # measured fastest at the model's shapes with 2048 rows (docs/performance.md). grad_x = g @ W, (N, O) x (O, I):
-# oneDNN, 1.0-1.13x MKL's speed. grad_W = g.T @ x, (O, N) x (N, I): oneDNN reads g.T from a contiguous copy, which
-# pays where O <= I (1.12-1.20x MKL) and not beyond: (4096, 1024) 0.85x, the 64,139-row head 0.81x.
+# oneDNN, 1.11-1.14x MKL's speed (0.96x, equal within noise, at 1024 x 1024). grad_W = g.T @ x, (O, N) x (N, I):
+# oneDNN reads g.T from a contiguous copy, which pays where O <= I (1.12-1.20x MKL) and not beyond: (4096, 1024)
+# 0.85x, the 64,139-row head 0.81x (`grad_weight_kernel`).
 GRAD_INPUT_KERNEL = "onednn"
 
 
