@@ -172,9 +172,10 @@ def _needs_grad(x: Tensor, weight: Tensor) -> bool:
 
 
 # --- Training: the products of a step and their gradients ----------------------------------------------------
-# A training step's fp32 products are ~65% of its time (docs/performance.md, "One training step"): the forward
-# product of every linear layer and its two gradient products, grad_x = g @ W and grad_W = g.T @ x. `onednn_linear`
-# is differentiable (its backward below), so under `kernels()` all three run on oneDNN instead of MKL.
+# A training step is its fp32 products (docs/performance.md, "One training step"): the forward product of every
+# linear layer and its two gradient products, grad_x = g @ W and grad_W = g.T @ x. `onednn_linear` is
+# differentiable (its backward below), so under `kernels()` each of the three runs on the faster of oneDNN and
+# MKL for its shape: oneDNN forward, and as chosen below backward.
 
 # The kernel of each gradient product, "onednn" (the oneDNN matmul, any operand layout) or "mkl" (torch.mm), as
 # measured fastest at the model's shapes with 2048 rows (docs/performance.md). grad_x = g @ W, (N, O) x (O, I):
@@ -185,6 +186,7 @@ GRAD_INPUT_KERNEL = "onednn"
 
 
 def grad_weight_kernel(out_features: int, in_features: int) -> str:
+    """The kernel of grad_W for a weight (out_features, in_features): "onednn" or "mkl" (measured, above)."""
     return "onednn" if out_features <= in_features else "mkl"
 
 
