@@ -811,12 +811,14 @@ def write_docs(table: str, begin: str = BEGIN, end: str = END) -> None:
 # same weights. CLM (causal; transformers' labels shifted by hand), and MLM on the same masked batches (both
 # bidirectional; transformers' labels -100 where nothing is predicted). Each contender runs in a child process of
 # its own (peak RSS is per process), one after the other: a warm-up step (it also allocates Adam's moments), then
-# `repeats` timed steps.
+# `repeats` timed steps. "fast": `xlm train --fast`'s step (xlm/fast.py: oneDNN products with their gradients, the
+# head and its loss fused over chunks of positions). The section can run in parts (--train-contenders), each
+# writing its JSON, and be rendered from them (--train-merge): the first part holds the CLM acceptance figures.
 
 TRAIN_SHAPE = (8, 256)
 TRAIN_CONTENDERS = (
-    "transformers fp32 clm", "xlm fp32 clm", "xlm bf16 clm", "transformers bf16 clm", "transformers fp32 mlm",
-    "xlm fp32 mlm",
+    "transformers fp32 clm", "xlm fp32 clm", "xlm fp32 fast clm", "xlm bf16 fast clm", "xlm bf16 clm",
+    "transformers bf16 clm", "transformers fp32 mlm", "xlm fp32 mlm", "xlm fp32 fast mlm",
 )  # fmt: skip
 TRAIN_BEGIN, TRAIN_END = "<!-- bench.py train: begin -->", "<!-- bench.py train: end -->"
 
@@ -836,25 +838,32 @@ def train_batch(vocab_size: int, objective: str, seed: int):
 
 def adam_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     loss.backward()
+    return clip_and_step(model, optimizer, loss)
+
+
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
 
 
-def xlm_train_step(path: Path, amp: torch.dtype | None, objective: str) -> Callable:
-    """`xlm train`'s step: objectives.clm_loss / mlm_loss (the head on predicted positions only), then the update."""
-    from xlm.objectives import clm_loss, mlm_loss
-    from xlm.train import TrainConfig, build_model
+def xlm_train_step(path: Path, amp: torch.dtype | None, objective: str, fast_step: bool = False) -> Callable:
+    """`xlm train`'s step (its Objectives module: the head on predicted positions only), then the update; with
+    `fast_step`, `xlm train --fast`'s: forward and backward under xlm.fast's kernels, the head and loss fused."""
+    from xlm.train import Objectives, TrainConfig, build_model
 
     model = build_model(TrainConfig("", "", init=str(path), dropout=0.0, attention_dropout=0.0), path).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
-    loss_of = clm_loss if objective == "clm" else mlm_loss
+    losses = Objectives(model, fast=fast_step)
 
     def step(batch) -> float:
-        with torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext():
-            loss_sum, count = loss_of(model, batch)
-        return adam_update(model, optimizer, loss_sum / count)
+        with fast.FastKernels() if fast_step else contextlib.nullcontext():
+            with torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext():
+                loss_sum, count = losses(objective, batch)
+            loss = loss_sum / count
+            loss.backward()  # inside the kernels' block, as xlm train does
+        return clip_and_step(model, optimizer, loss)
 
     return step
 
@@ -891,9 +900,12 @@ def rss_mib() -> tuple[float, float]:
 def train_child(contender: str, path: Path, repeats: int, threads: int) -> dict:
     """In the child process: set up one contender, a warm-up step, then `repeats` timed steps."""
     torch.set_num_threads(threads)
-    name, dtype, objective = contender.split()
+    name, dtype, *variant, objective = contender.split()
     amp = torch.bfloat16 if dtype == "bf16" else None
-    step = (xlm_train_step if name == "xlm" else transformers_train_step)(path, amp, objective)
+    if name == "xlm":
+        step = xlm_train_step(path, amp, objective, fast_step=variant == ["fast"])
+    else:
+        step = transformers_train_step(path, amp, objective)
     setup_rss, _ = rss_mib()
     vocab_size = json.loads((path / "config.json").read_text())["vocab_size"]
     batches = [train_batch(vocab_size, objective, seed=i) for i in range(repeats + 1)]
@@ -906,68 +918,180 @@ def train_child(contender: str, path: Path, repeats: int, threads: int) -> dict:
             "peak_rss_mib": rss_mib()[1]}  # fmt: skip
 
 
-def bench_train(settings: Settings, path: Path) -> list[dict]:
+def train_gemm_bound(path: Path, threads: int, repeats: int = 2) -> dict:
+    """The step's fp32 and bf16 GEMM bound: 6 FLOPs per weight per token (a product forward, two backward) at the
+    throughput of the fastest library kernel at each of the model's four weight shapes, measured forward.
+
+    Rows: B x T for the blocks, B x (T - 1) for a CLM step's head. Per shape the best of `repeats` timings of
+    F.linear (MKL for fp32, oneDNN for bf16) and of oneDNN's fp32 matmul (xlm.fast.onednn_linear), taking turns.
+    """
+    torch.set_num_threads(threads)
+    config = json.loads((path / "config.json").read_text())
+    C, V, L = config["emb_dim"], config["vocab_size"], config["n_layers"]
+    blocks, head = TRAIN_SHAPE[0] * TRAIN_SHAPE[1], TRAIN_SHAPE[0] * (TRAIN_SHAPE[1] - 1)
+    shapes = [(C, C, 4 * L, blocks), (4 * C, C, L, blocks), (C, 4 * C, L, blocks), (V, C, 1, head)]
+    rows, bound = [], {"fp32": 0.0, "bf16": 0.0}
+    for out_features, in_features, count, n in shapes:
+        x, w = torch.randn(n, in_features), torch.randn(out_features, in_features) * in_features**-0.5
+        xb, wb = x.bfloat16(), w.bfloat16()
+        kernels = {
+            "fp32 F.linear": functools.partial(torch.nn.functional.linear, x, w),
+            "fp32 oneDNN": functools.partial(fast.onednn_linear, x, w, None),
+            "bf16 F.linear": functools.partial(torch.nn.functional.linear, xb, wb),
+        }
+        for kernel in kernels.values():
+            kernel()  # warm-up: oneDNN builds its primitive once per shape
+        times = take_turns({name: functools.partial(timed, kernel) for name, kernel in kernels.items()}, repeats)
+        flop = 2 * n * out_features * in_features
+        row = {"shape": f"{n}x{in_features} @ ({out_features}, {in_features})", "count": count}
+        row.update({f"{name} GFLOP/s": flop / min(seconds) / 1e9 for name, seconds in times.items()})
+        for dtype in ("fp32", "bf16"):
+            best = max(v for k, v in row.items() if k.startswith(dtype))
+            bound[dtype] += 3 * count * flop / (best * 1e9)  # forward, grad_x, grad_W
+        rows.append(row)
+    return {"shapes": rows, "fp32_s": bound["fp32"], "bf16_s": bound["bf16"]}
+
+
+def child_json(args: list[str]) -> dict:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def bench_train(settings: Settings, path: Path, contenders: tuple[str, ...]) -> list[dict]:
     """Every contender in a child process; tokens/s = 8 * 256 / median step seconds."""
     rows = []
-    for contender in TRAIN_CONTENDERS:
-        done = subprocess.run(
-            [sys.executable, __file__, "--train-child", contender, "--checkpoint", str(path),
-             "--repeats", str(settings.repeats), "--threads", str(settings.threads)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise SystemExit(f"{contender}: {done.stderr[-2000:]}")
-        row = json.loads(done.stdout.splitlines()[-1])
+    for contender in contenders:
+        row = child_json(["--train-child", contender, "--checkpoint", str(path), "--repeats", str(settings.repeats),
+                          "--threads", str(settings.threads)])  # fmt: skip
         row["step_s"] = median(row["seconds"])
         row["tokens_per_s"] = TRAIN_SHAPE[0] * TRAIN_SHAPE[1] / row["step_s"]
         rows.append(row)
-    for row in rows:  # against transformers fp32 on the same objective
-        reference = next(r for r in rows if r["contender"] == f"transformers fp32 {row['contender'].split()[2]}")
+    return rows
+
+
+def compare_train(rows: list[dict]) -> None:
+    """Each row against transformers fp32 on the same objective (where measured): speed-up, loss difference."""
+    for row in rows:
+        reference = next((r for r in rows if r["contender"] == f"transformers fp32 {row['contender'].split()[-1]}"),
+                         None)  # fmt: skip
+        if reference is None:
+            continue
         row["speedup_vs_transformers_fp32"] = reference["step_s"] / row["step_s"]
         row["max_loss_diff_vs_transformers_fp32"] = max(
             abs(a - b) for a, b in zip(row["losses"], reference["losses"], strict=True)
         )
-    return rows
 
 
 def render_train(report: dict) -> str:
-    """The training-step table of docs/performance.md, with its two targets."""
-    m, rows = report["machine"], {r["contender"]: r for r in report["train"]}
+    """The training-step table of docs/performance.md, with its targets."""
+    rows = {r["contender"]: r for r in report["train"]}
+    parts = report.get("parts", [report])
+    runs = "; ".join(
+        f"`{p['command']}` ({p['machine']['date']}, load average before it {p['machine']['load_average'][0]:.2f}: "
+        f"{', '.join(r['contender'] for r in p['train'])})"
+        for p in parts
+    )
+    merged = f", rendered by `{report['command']}`" if len(parts) > 1 else ""
+    m = parts[0]["machine"]
     lines = [
-        f"Measured {m['date']} by `{report['command']}`: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, "
-        f"transformers {m['transformers']}; load average before the run {m['load_average'][0]:.2f}. One step = "
-        f"forward, loss, backward, clipping, AdamW update, batch {TRAIN_SHAPE[0]} x {TRAIN_SHAPE[1]}, dropout "
-        f"off; median of {len(report['train'][0]['seconds'])} steps after a warm-up, each contender in its own "
-        "process. Compared with transformers fp32 on the same objective; the loss difference is the largest over "
-        "all steps (the same batches, the weights updated alike).",
+        f"Measured by {runs}{merged}: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, transformers "
+        f"{m['transformers']}. One step = forward, loss, backward, clipping, AdamW update, batch {TRAIN_SHAPE[0]} x "
+        f"{TRAIN_SHAPE[1]}, dropout off; median of {len(report['train'][0]['seconds'])} steps after a warm-up, each "
+        "contender in its own process. Compared with transformers fp32 on the same objective; the loss difference "
+        "is the largest over all steps (the same batches, the weights updated alike).",
         "",
         "| contender | step s | tokens/s | vs transformers fp32 | max abs loss difference | peak RSS MiB |",
         "|---|--:|--:|--:|--:|--:|",
     ]
     for name, r in rows.items():
+        speedup, diff = r.get("speedup_vs_transformers_fp32"), r.get("max_loss_diff_vs_transformers_fp32")
         lines.append(
-            f"| {name} | {r['step_s']:.2f} | {r['tokens_per_s']:.0f} | {r['speedup_vs_transformers_fp32']:.2f}x "
-            f"| {r['max_loss_diff_vs_transformers_fp32']:.1e} | {r['peak_rss_mib']:,.0f} |"
+            f"| {name} | {r['step_s']:.2f} | {r['tokens_per_s']:.0f} | "
+            f"{'-' if speedup is None else f'{speedup:.2f}x'} | {'-' if diff is None else f'{diff:.1e}'} "
+            f"| {r['peak_rss_mib']:,.0f} |"
         )
-    fp32, bf16, mlm = rows["xlm fp32 clm"], rows["xlm bf16 clm"], rows["xlm fp32 mlm"]
-    checks = [
-        ("CLM step, xlm fp32 / transformers fp32, tokens/s", fp32["speedup_vs_transformers_fp32"], 1.2),
-        ("MLM step, xlm fp32 / transformers fp32, tokens/s", mlm["speedup_vs_transformers_fp32"], 1.2),
-        ("CLM step, xlm bf16 autocast / xlm fp32, tokens/s", fp32["step_s"] / bf16["step_s"], 1.8),
-    ]
+    lines += render_bound(report.get("gemm_bound"), rows)
     lines += ["", "| check | measured | target | met |", "|---|--:|--:|---|"]
-    lines += [f"| {name} | {value:.2f}x | >= {target}x | {'yes' if value >= target else 'no'} |"
-              for name, value, target in checks]  # fmt: skip
-    same = max(fp32["max_loss_diff_vs_transformers_fp32"], mlm["max_loss_diff_vs_transformers_fp32"])
-    lines.append(f"| xlm fp32 losses vs transformers fp32, every step, CLM and MLM | {same:.1e} | <= 1e-4 | "
-                 f"{'yes' if same <= 1e-4 else 'no'} |")  # fmt: skip
+    for name, value, target in train_checks(report, rows):
+        verdict = ("-", "information") if target is None else (f">= {target}x", "yes" if value >= target else "no")
+        lines.append(f"| {name} | {value:.2f}x | {verdict[0]} | {verdict[1]} |")
+    same = [r["max_loss_diff_vs_transformers_fp32"] for n, r in rows.items()
+            if n.startswith("xlm fp32") and "max_loss_diff_vs_transformers_fp32" in r]  # fmt: skip
+    if same:
+        lines.append(f"| xlm fp32 losses (plain and fast) vs transformers fp32, every step | {max(same):.1e} | "
+                     f"<= 1e-4 | {'yes' if max(same) <= 1e-4 else 'no'} |")  # fmt: skip
     return "\n".join(lines)
 
 
-def run_train_only(settings: Settings, command: str, write: bool) -> dict:
+def train_checks(report: dict, rows: dict[str, dict]) -> list[tuple[str, float, float | None]]:
+    """(check, measured ratio, target or None for information) for every check whose contenders were measured."""
+
+    def ratio(slow: str, quick: str) -> float | None:
+        return rows[slow]["step_s"] / rows[quick]["step_s"] if slow in rows and quick in rows else None
+
+    checks = [
+        ("CLM step, xlm fp32 / transformers fp32, tokens/s", ratio("transformers fp32 clm", "xlm fp32 clm"), 1.2),
+        ("CLM step, xlm fp32 fast / transformers fp32, tokens/s",
+         ratio("transformers fp32 clm", "xlm fp32 fast clm"), 1.2),
+        ("MLM step, xlm fp32 / transformers fp32, tokens/s", ratio("transformers fp32 mlm", "xlm fp32 mlm"), 1.2),
+        ("MLM step, xlm fp32 fast / transformers fp32, tokens/s",
+         ratio("transformers fp32 mlm", "xlm fp32 fast mlm"), 1.2),
+        ("CLM step, xlm bf16 autocast / xlm fp32, tokens/s", ratio("xlm fp32 clm", "xlm bf16 clm"), 1.8),
+        ("CLM step, xlm bf16 fast / xlm fp32, tokens/s", ratio("xlm fp32 clm", "xlm bf16 fast clm"), 1.8),
+        ("CLM step, xlm bf16 fast / xlm fp32, tokens/s (stronger)", ratio("xlm fp32 clm", "xlm bf16 fast clm"), 2.0),
+        ("CLM step, xlm bf16 fast / xlm fp32 fast, tokens/s", ratio("xlm fp32 fast clm", "xlm bf16 fast clm"), None),
+    ]  # fmt: skip
+    bound = report.get("gemm_bound")
+    if bound and "xlm fp32 fast clm" in rows:
+        checks.append(("CLM step, xlm fp32 fast: fp32 GEMM bound / step time", bound["fp32_s"] /
+                       rows["xlm fp32 fast clm"]["step_s"], 0.6))  # fmt: skip
+    return [(name, value, target) for name, value, target in checks if value is not None]
+
+
+def render_bound(bound: dict | None, rows: dict[str, dict]) -> list[str]:
+    """The GEMM bound's table: throughput per shape and kernel, and the step's bound in seconds."""
+    if not bound:
+        return []
+    lines = ["", "The step's GEMM bound (`train_gemm_bound`: 6 FLOPs per weight per token at the best kernel's "
+             "throughput at each weight shape, forward products of B x T rows; the head at B x (T - 1)):", "",
+             "| rows x in @ (out, in) | per step | fp32 F.linear GFLOP/s | fp32 oneDNN GFLOP/s | bf16 GFLOP/s |",
+             "|---|--:|--:|--:|--:|"]  # fmt: skip
+    for r in bound["shapes"]:
+        lines.append(f"| {r['shape']} | {r['count']} | {r['fp32 F.linear GFLOP/s']:.0f} | "
+                     f"{r['fp32 oneDNN GFLOP/s']:.0f} | {r['bf16 F.linear GFLOP/s']:.0f} |")  # fmt: skip
+    sentences = []
+    for dtype, contender in (("fp32", "xlm fp32 fast clm"), ("bf16", "xlm bf16 fast clm")):
+        step = rows.get(contender)
+        share = f" (`{contender}` runs at {bound[f'{dtype}_s'] / step['step_s']:.0%} of it)" if step else ""
+        sentences.append(f"{dtype} {bound[f'{dtype}_s']:.2f} s{share}")
+    return [*lines, "", f"The bound of a CLM step: {'; '.join(sentences)}."]
+
+
+def run_train_only(settings: Settings, command: str, write: bool, contenders: tuple[str, ...]) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         report = {"command": command, "settings": dataclasses.asdict(settings), "machine": machine(settings)}
-        report["train"] = bench_train(settings, checkpoint(settings, Path(scratch)))
+        path = checkpoint(settings, Path(scratch))
+        if "xlm fp32 fast clm" in contenders:  # the bound of that step, measured right before it
+            report["gemm_bound"] = child_json(["--train-bound", "--checkpoint", str(path),
+                                               "--threads", str(settings.threads)])  # fmt: skip
+        report["train"] = bench_train(settings, path, contenders)
+    compare_train(report["train"])
+    return finish_train(report, write)
+
+
+def merge_train(paths: list[Path], command: str, write: bool) -> dict:
+    """One report from the JSON of several `--only train` runs (each its own contenders), rendered as one table."""
+    parts = [json.loads(path.read_text()) for path in paths]
+    rows = [row for part in parts for row in part["train"]]
+    compare_train(rows)
+    bound = next((part["gemm_bound"] for part in parts if "gemm_bound" in part), None)
+    report = {"command": command, "parts": parts, "train": rows, **({"gemm_bound": bound} if bound else {})}
+    return finish_train(report, write)
+
+
+def finish_train(report: dict, write: bool) -> dict:
     table = render_train(report)
     print(table)
     if write:
@@ -1043,11 +1167,23 @@ def main(argv: list[str] | None = None) -> int:
         help="only this section: train = one full training step; bounds = GEMM throughput and the weights sweep; "
         "forward = the bounds and the forwards",
     )  # fmt: skip
+    parser.add_argument("--train-contenders", metavar="A,B", help="--only train: these contenders (default: all)")
+    parser.add_argument(
+        "--train-merge",
+        metavar="JSON",
+        nargs="+",
+        type=Path,
+        help="--only train: render the table from the --json of several runs instead of measuring",
+    )
     parser.add_argument("--train-child", metavar="CONTENDER", help=argparse.SUPPRESS)  # bench_train's children
+    parser.add_argument("--train-bound", action="store_true", help=argparse.SUPPRESS)  # the GEMM bound's child
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.train_child:
         print(json.dumps(train_child(args.train_child, args.checkpoint, args.repeats, args.threads)))
+        return 0
+    if args.train_bound:
+        print(json.dumps(train_gemm_bound(args.checkpoint, args.threads)))
         return 0
     settings = Settings(threads=args.threads, repeats=args.repeats, small=args.small)
     if args.quick or args.small:
@@ -1057,7 +1193,15 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.only == "train":
-        report = run_train_only(settings, command.strip(), args.write_docs)
+        contenders = TRAIN_CONTENDERS
+        if args.train_contenders:
+            contenders = tuple(name.strip() for name in args.train_contenders.split(","))
+            if unknown := set(contenders) - set(TRAIN_CONTENDERS):
+                parser.error(f"unknown contenders {sorted(unknown)}; known: {', '.join(TRAIN_CONTENDERS)}")
+        if args.train_merge:
+            report = merge_train(args.train_merge, command.strip(), args.write_docs)
+        else:
+            report = run_train_only(settings, command.strip(), args.write_docs, contenders)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         return 0

@@ -110,13 +110,13 @@ def test_gemv_kernel_in_bf16_accumulates_in_fp32_and_rounds_once(gemv, rows, in_
 
 
 def test_linear_equals_f_linear_for_every_route():
-    """Rows <= GEMV_MAX_ROWS (kernel), more rows in fp32 (oneDNN), autograd and float64 (F.linear)."""
+    """Rows <= GEMV_MAX_ROWS (kernel), more rows in fp32 (oneDNN, with autograd too), float64 (F.linear)."""
     w, b = torch.randn(48, 40), torch.randn(48)
     for shape in [(1, 1, 40), (2, 40), (3, 7, 40), (40,)]:
         x = torch.randn(shape)
         torch.testing.assert_close(fast.linear(x, w, b), F.linear(x, w, b), rtol=0, atol=TOL)
     x = torch.randn(5, 40, requires_grad=True)
-    fast.linear(x, w, b).sum().backward()  # with gradients: F.linear, differentiable
+    fast.linear(x, w, b).sum().backward()  # with gradients: differentiable (tests/test_fast_train.py)
     torch.testing.assert_close(x.grad, w.sum(0).expand(5, 40))
     x64 = torch.randn(2, 40, dtype=torch.float64)
     assert torch.equal(fast.linear(x64, w.double(), b.double()), F.linear(x64, w.double(), b.double()))

@@ -282,6 +282,24 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_the_uninterrupted_run
     assert [r["step"] for r in records if "split" in r] == [0, 4, 8]  # evaluations once each, not repeated
 
 
+def test_a_fast_run_resumes_bitwise_and_trains_as_the_plain_run(tiny, corpus, tmp_path, reference_run):
+    """--fast (oneDNN products, the head and its loss fused: xlm/fast.py): a run killed after a checkpoint resumes
+    bit for bit, and every loss is the plain run's (the same batches, masks and dropout) within fp32 rounding."""
+    args = ["--data", str(corpus), "--init", str(tiny), *RUN, "--fast"]
+    whole = cli([*args, "--out", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = cli([*args, "--out", str(tmp_path / "run")], script=KILL_AFTER_SAVE)
+    assert killed.returncode == -9
+    resumed = cli(["--resume", str(tmp_path / "run"), "--no-progress"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(tmp_path / "run", tmp_path / "whole")
+    saved = json.loads((tmp_path / "run" / "checkpoint-8" / "train_config.json").read_text())
+    assert saved["fast"] is True  # the resumed run continued fast, as configured
+    fast, plain = losses(tmp_path / "whole"), losses(reference_run)
+    assert max(abs(a - b) for a, b in zip(fast, plain, strict=True)) <= 1e-5 * max(plain)
+    assert fast != plain  # another summation order: not bit for bit the plain run (so the fast path ran)
+
+
 def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus, tmp_path, reference_run):
     out = tmp_path / "run"
     killed = cli(["--data", str(corpus), "--init", str(tiny), "--out", str(out), *RUN], script=KILL_DURING_SAVE)
@@ -303,7 +321,8 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tiny, corpus
 # --- Several processes ----------------------------------------------------------------------------------------
 
 
-def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
+@pytest.mark.parametrize("variant", [[], ["--fast"]], ids=["plain", "fast"])
+def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path, variant):
     """The same global batches split over 2 gloo processes (2 accumulated per step): losses within 1e-6, weights
     within 1e-5 after 6 steps.
 
@@ -311,11 +330,12 @@ def test_torchrun_two_processes_equal_one(tiny, corpus, tmp_path):
     1e-6 here rather than 1e-8: Adam divides each gradient by its own magnitude, so where the exact gradient is 0
     or nearly (the key biases, which softmax ignores; an FFN unit that barely fires) it turns the rounding noise of
     the sums, which differs between one process and two, into steps of ~lr; with eps 1e-8 such weights differ by
-    up to 4e-5 after 6 steps at lr 3e-3, while every other weight agrees within 1e-6.
+    up to 4e-5 after 6 steps at lr 3e-3, while every other weight agrees within 1e-6. The same with --fast (its
+    products and fused head under DistributedDataParallel).
     """
     args = ["--data", str(corpus), "--init", str(tiny), "--clm", "en", "--mlm", "fr,en-fr", "--steps", "6",
             "--batch-size", "6", "--bptt", "24", "--accumulate", "2", "--optimizer", "adam,lr=0.003,eps=0.000001",
-            "--dropout", "0", "--attention-dropout", "0", "--eval-batches", "2", "--no-progress"]  # fmt: skip
+            "--dropout", "0", "--attention-dropout", "0", "--eval-batches", "2", "--no-progress", *variant]  # fmt: skip
     one = cli([*args, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     two = cli([*args, "--out", str(tmp_path / "two")], launcher=("-m", "torch.distributed.run", "--standalone",

@@ -28,9 +28,13 @@ in docs/performance.md):
 No weight is transposed or repacked. Memory-mapped weights that are not 64-byte aligned run a few percent slower
 in the decoding kernel: `align_weights(model)` moves them into aligned memory (same values; `xlm --fast` does it).
 Results equal the plain model's within float rounding (another summation order: ~1e-6 relative, tested at 1e-5
-on logits and on generated tokens). Inference only (no autograd through the kernels; with gradients enabled the
-plain `F.linear` runs). On CUDA and other devices, or where neither kernel is available, `linear` is
+on logits and on generated tokens). On CUDA and other devices, or where neither kernel is available, `linear` is
 `F.linear`: cuBLAS is already good at this.
+
+Training (`xlm train --fast`, composed the same way, from outside the model): with autograd, fp32 products go to
+`onednn_linear`, whose backward runs both gradient products on oneDNN too (`training_linear`), and the LM head
+and its cross-entropy run fused over chunks of positions (`summed_head_cross_entropy`), never holding all the
+logits. The same math: losses and gradients as exact as the plain step's (tests/test_fast_train.py).
 """
 
 from __future__ import annotations
@@ -138,9 +142,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
     CPU, fp32/bf16, no autograd: at most GEMV_MAX_ROWS rows -> the streaming kernel (once `gemv_kernel()` has
     built it: `kernels()` and `FastDecoder` do); more rows in fp32, or ONEDNN_BF16_MIN_ROWS and more in bf16 ->
-    oneDNN's linear. Everything else -> F.linear.
+    oneDNN's linear. With autograd: `training_linear`. Everything else -> F.linear.
     """
-    if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.dtype != weight.dtype or _needs_grad(x, weight):
+    if _needs_grad(x, weight):
+        return training_linear(x, weight, bias)
+    if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
     rows = x.numel() // x.size(-1) if x.size(-1) else 0
     if 0 < rows <= GEMV_MAX_ROWS and _built["gemv"] and weight.is_contiguous():
@@ -169,6 +175,68 @@ def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 def _needs_grad(x: Tensor, weight: Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+
+
+# --- Training: the products of a step and their gradients ----------------------------------------------------
+# A training step is its fp32 products (docs/performance.md, "One training step"): the forward product of every
+# linear layer and its two gradient products, grad_x = g @ W and grad_W = g.T @ x. `onednn_linear` is
+# differentiable (its backward below), so under `kernels()` each of the three runs on the faster of oneDNN and
+# MKL for its shape: oneDNN forward, and as chosen below backward.
+
+# The kernel of each gradient product, "onednn" (the oneDNN matmul, any operand layout) or "mkl" (torch.mm), as
+# measured fastest at the model's shapes with 2048 rows (docs/performance.md). grad_x = g @ W, (N, O) x (O, I):
+# oneDNN, 1.11-1.14x MKL's speed (0.96x, equal within noise, at 1024 x 1024). grad_W = g.T @ x, (O, N) x (N, I):
+# oneDNN reads g.T from a contiguous copy, which pays where O <= I (1.12-1.20x MKL) and not beyond: (4096, 1024)
+# 0.85x, the 64,139-row head 0.81x (`grad_weight_kernel`).
+GRAD_INPUT_KERNEL = "onednn"
+
+
+def grad_weight_kernel(out_features: int, in_features: int) -> str:
+    """The kernel of grad_W for a weight (out_features, in_features): "onednn" or "mkl" (measured, above)."""
+    return "onednn" if out_features <= in_features else "mkl"
+
+
+def training_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear` where autograd needs the result: fp32 on the CPU -> `onednn_linear` (its gradients on oneDNN
+    too); under autocast, other dtypes or devices -> F.linear (autocast's bf16 products already run on oneDNN)."""
+    fp32 = x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+    if ONEDNN and fp32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+        return onednn_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def times_transposed(a: Tensor, b: Tensor, kernel: str) -> Tensor:
+    """a (M, K) @ b (N, K).T -> (M, N) on `kernel`: "onednn" (b is a weight in nn.Linear's layout, whatever its
+    strides) or "mkl" (torch.mm; fp32 on the CPU goes to MKL)."""
+    if kernel == "onednn":
+        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return a @ b.t()
+
+
+def _save_linear_inputs(ctx, inputs: tuple, output: Tensor) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _onednn_linear_backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """grad (..., O) -> (grad_x (..., I), grad_W (O, I), grad_b (O,)): the two products on the kernels chosen
+    above, the bias gradient a sum over rows. The same math as F.linear's backward (fp32 sums in another order)."""
+    x, weight = ctx.saved_tensors
+    g = grad.reshape(-1, grad.size(-1))  # (..., O) -> (N, O)
+    grad_x = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = times_transposed(g, weight.t(), GRAD_INPUT_KERNEL).view(x.shape)  # (N, O) x (O, I) -> (..., I)
+    if ctx.needs_input_grad[1]:
+        rows = x.reshape(-1, x.size(-1))  # (..., I) -> (N, I)
+        kernel = grad_weight_kernel(*weight.shape)
+        grad_weight = times_transposed(g.t(), rows.t(), kernel)  # (O, N) x (N, I) -> (O, I)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = g.sum(0)  # (O,)
+    return grad_x, grad_weight, grad_bias
+
+
+onednn_linear.register_autograd(_onednn_linear_backward, setup_context=_save_linear_inputs)
 
 
 # --- Composing the kernels with the plain model ------------------------------------------------------------
@@ -342,9 +410,107 @@ def _fusable(model: XLM, weights: list[Tensor], token: Tensor, cache: KVCache) -
     )
 
 
+# --- Training: the LM head and its cross-entropy in one pass over chunks of positions -------------------------
+
+HEAD_CHUNK = 1024  # positions per chunk: (1024, V) fp32 logits, 263 MB at V = 64,139 (all 2040 of a CLM batch: 523)
+
+
+def summed_head_cross_entropy(model: XLM, h: Tensor, targets: Tensor, *, chunk: int = HEAD_CHUNK) -> tuple[Tensor, int]:
+    """`objectives.summed_cross_entropy(model.logits(h), targets)` without ever holding all the logits.
+
+    h (P, C): the hidden states of the predicted positions; targets (P,) -> (summed loss, a float64 scalar; P).
+    The head is ~45% of a CLM step's arithmetic and its logits the step's biggest tensors (P x V fp32: 523 MB for
+    a batch of 8 x 256, plus the softmax and its gradient). Here the logits of `chunk` positions at a time give
+    their losses and, when autograd needs them, their gradients at once: softmax - one-hot is the gradient of
+    the summed loss w.r.t. the logits, and two products turn it into the gradients w.r.t. h and the tied
+    embeddings; backward only scales them by the incoming gradient (the loss is a sum). The same math as the
+    plain path (fp32 sums in another order). Under bf16 autocast the products run in bf16 as autocast's would
+    (the logits rounded to bf16, then the loss in fp32), and the gradients of the chunks add up in fp32.
+    """
+    weight, bias = model.embeddings.weight, model.output_bias
+    with_grads = torch.is_grad_enabled() and any(t.requires_grad for t in (h, weight, bias))
+    dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+    summed = _HeadCrossEntropy.apply(h, weight, bias, targets, chunk, dtype, with_grads)
+    return summed, targets.numel()
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, chunk: int, dtype: torch.dtype, with_grads: bool) -> Tensor:
+        with torch.autocast(h.device.type, enabled=False):
+            losses, grads = _head_losses_and_grads(h, weight, bias, targets, chunk, dtype, with_grads)
+        ctx.grads = grads
+        return losses.double().sum()  # as summed_cross_entropy: fp32 losses, added up in float64
+
+    @staticmethod
+    def backward(ctx, grad_summed: Tensor):
+        if ctx.grads is None:
+            raise RuntimeError("summed_head_cross_entropy: backward through it once, with autograd on in its forward")
+        scale = grad_summed.float()  # what the plain path's `.double()` passes back to the fp32 losses
+        grad_h, grad_weight, grad_bias = (g.mul_(scale) for g in ctx.grads)
+        ctx.grads = None
+        return grad_h, grad_weight, grad_bias, None, None, None, None
+
+
+def _head_losses_and_grads(
+    h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, chunk: int, dtype: torch.dtype, with_grads: bool
+) -> tuple[Tensor, list[Tensor] | None]:
+    """Per-position losses (P,) fp32, and the gradients of their sum w.r.t. h (P, C), weight (V, C), bias (V,)."""
+    P = h.size(0)
+    rows, table = h.to(dtype), weight.to(dtype)  # the products' operands (bf16 copies under bf16 autocast)
+    losses = torch.empty(P, dtype=torch.float32, device=h.device)
+    grads = [torch.empty_like(h, dtype=torch.float32), None, torch.zeros_like(bias, dtype=torch.float32)]
+    for start in range(0, P, chunk):
+        part, wanted = rows[start : start + chunk], targets[start : start + chunk]  # (c, C), (c,)
+        logits = _head_product(part, table, bias.to(dtype)).float()  # (c, V)
+        softmax, losses[start : start + chunk] = _softmax_and_losses(logits, wanted)
+        if not with_grads:
+            continue
+        grad_logits = softmax  # (c, V), in place of the logits
+        grad_logits[torch.arange(len(wanted), device=h.device), wanted] -= 1.0  # minus the one-hot
+        grads[2].add_(grad_logits.sum(0))
+        grad_logits = grad_logits.to(dtype)
+        grads[0][start : start + chunk] = _head_product(grad_logits, table.t(), None, GRAD_INPUT_KERNEL)  # (c, C)
+        grads[1] = _add_grad_weight(grads[1], grad_logits, part)
+    return losses, grads if with_grads else None
+
+
+def _softmax_and_losses(logits: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
+    """logits (c, V) fp32, overwritten -> (softmax (c, V) in the same memory, losses -log softmax[wanted] (c,)).
+
+    One exp per logit, every pass in place (a (c, V) chunk is 263 MB: torch.logsumexp and a second exp, with their
+    fresh temporaries, took 5x as long). The loss is logsumexp - the target's logit, as F.cross_entropy's.
+    """
+    picked = logits.gather(1, wanted[:, None]).squeeze(1)  # (c,)
+    top = logits.amax(dim=1, keepdim=True)  # (c, 1)
+    exps = logits.sub_(top).exp_()  # (c, V)
+    total = exps.sum(dim=1, keepdim=True)  # (c, 1)
+    losses = (top + total.log()).squeeze(1) - picked
+    return exps.div_(total), losses
+
+
+def _head_product(a: Tensor, b: Tensor, bias: Tensor | None, kernel: str = "onednn") -> Tensor:
+    """a (M, K) @ b (N, K).T (+ bias): fp32 on the CPU on `kernel` (see `times_transposed`), else F.linear (bf16:
+    oneDNN)."""
+    if ONEDNN and kernel == "onednn" and a.device.type == "cpu" and a.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+    return F.linear(a, b, bias)
+
+
+def _add_grad_weight(total: Tensor | None, grad_logits: Tensor, part: Tensor) -> Tensor:
+    """total (V, C) fp32 + grad_logits.T (V, c) @ part (c, C): the chunks' sum of the embeddings' gradient (the first
+    chunk's product is the sum so far: nothing to zero). On MKL for fp32 (see `grad_weight_kernel`), added in place."""
+    on_mkl = grad_logits.dtype == torch.float32 and grad_weight_kernel(grad_logits.size(1), part.size(1)) == "mkl"
+    if on_mkl and total is not None:
+        return total.addmm_(grad_logits.t(), part)
+    product = grad_logits.t() @ part if on_mkl else _head_product(grad_logits.t(), part.t(), None, "onednn")
+    return product.float() if total is None else total.add_(product)
+
+
 __all__ = [
     "FUSED_MAX_ROWS",
     "GEMV_MAX_ROWS",
+    "HEAD_CHUNK",
     "ONEDNN",
     "ONEDNN_BF16",
     "ONEDNN_BF16_MIN_ROWS",
@@ -353,9 +519,12 @@ __all__ = [
     "align_weights",
     "fused_decode_one",
     "gemv_kernel",
+    "grad_weight_kernel",
     "kernel_build_name",
     "kernel_is_built",
     "kernels",
     "linear",
     "onednn_linear",
+    "summed_head_cross_entropy",
+    "training_linear",
 ]

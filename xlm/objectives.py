@@ -42,13 +42,19 @@ def next_token_targets(batch: TrainBatch) -> Tensor:
     return real[:, :-1] & real[:, 1:]
 
 
-def clm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
-    """Causal attention; (logits (P, V), targets (P,)) of the P predicted positions."""
+def clm_states(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
+    """Causal attention; (hidden states (P, C), targets (P,)) of the P predicted positions."""
     h = model.encode(
         batch.input_ids, batch.langs, causal=True, attention_mask=batch.attention_mask, positions=batch.positions
     )  # (B, T, C)
     predicted = next_token_targets(batch)  # (B, T-1)
-    return model.logits(h[:, :-1][predicted]), batch.input_ids[:, 1:][predicted]  # the head on (P, C) only
+    return h[:, :-1][predicted], batch.input_ids[:, 1:][predicted]
+
+
+def clm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
+    """(logits (P, V), targets (P,)) of the P predicted positions: the head on (P, C) only."""
+    h, targets = clm_states(model, batch)
+    return model.logits(h), targets
 
 
 def clm_loss(model: XLM, batch: TrainBatch) -> tuple[Tensor, int]:
@@ -144,15 +150,21 @@ def mask_batch(batch: TrainBatch, generator: torch.Generator, **mask_options) ->
 # --- 3.3 MLM and 3.4 TLM: the loss --------------------------------------------------------------------------
 
 
-def mlm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
-    """Bidirectional attention on a masked batch; (logits (P, V), targets (P,)) of the P masked positions."""
+def mlm_states(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
+    """Bidirectional attention on a masked batch; (hidden states (P, C), targets (P,)) of the P masked positions."""
     if batch.labels is None:
         raise InputError("the batch has no MLM mask: draw one with xlm.objectives.mask_batch")
     h = model.encode(
         batch.input_ids, batch.langs, causal=False, attention_mask=batch.attention_mask, positions=batch.positions
     )  # (B, T, C)
     predicted = batch.labels != IGNORE  # (B, T)
-    return model.logits(h[predicted]), batch.labels[predicted]  # the head on (P, C) only
+    return h[predicted], batch.labels[predicted]
+
+
+def mlm_predictions(model: XLM, batch: TrainBatch) -> tuple[Tensor, Tensor]:
+    """(logits (P, V), targets (P,)) of the P masked positions: the head on (P, C) only."""
+    h, targets = mlm_states(model, batch)
+    return model.logits(h), targets
 
 
 def mlm_loss(

@@ -91,6 +91,7 @@ class TrainConfig:
     accumulate: int = 1  # global batches per update (--accumulate_gradients)
     steps: int = 1000  # optimizer updates in all
     amp: str = "fp32"  # fp32, bf16 (autocast, CPU or GPU), fp16 (autocast + loss scaling; meant for GPUs)
+    fast: bool = False  # CPU: products on oneDNN, the LM head and its loss fused (xlm/fast.py); same math
     device: str = "cpu"
     seed: int = 0
     # Batches (xlm/data.py) and masking (xlm/objectives.py)
@@ -267,12 +268,18 @@ class Objectives(nn.Module):
     The losses are summed in float64 (`objectives.summed_cross_entropy`), so they compare across set-ups.
     """
 
-    def __init__(self, model: XLM):
+    def __init__(self, model: XLM, *, fast: bool = False):
         super().__init__()
         self.model = model
+        self.fast = fast  # the head and its cross-entropy fused, chunk by chunk (xlm.fast.summed_head_cross_entropy)
 
     def forward(self, objective: str, batch: data.TrainBatch) -> tuple[Tensor, int]:
         """batch: this process's rows; for MLM/TLM masked already (labels set), on the global batch."""
+        if self.fast:
+            from xlm.fast import summed_head_cross_entropy
+
+            states = objectives.clm_states if objective == "clm" else objectives.mlm_states
+            return summed_head_cross_entropy(self.model, *states(self.model, batch))
         if objective == "clm":
             return objectives.clm_loss(self.model, batch)
         return objectives.mlm_loss(self.model, batch)
@@ -425,7 +432,7 @@ def setup(cfg: TrainConfig, device: torch.device, resume: Path | None) -> Run:
         )
         for objective, lang in cfg.steps_of
     }
-    module: nn.Module = Objectives(model)
+    module: nn.Module = Objectives(model, fast=cfg.fast)
     if world() > 1:
         ids = [device.index] if device.type == "cuda" else None
         module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
@@ -464,6 +471,17 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
+def fast_kernels(cfg: TrainConfig):
+    """With `fast`, the block's products on xlm/fast.py's kernels (composed from outside the model), else nothing.
+
+    Only the mode: the decoding kernels, which a training step never uses, are not built."""
+    if not cfg.fast:
+        return nullcontext()
+    from xlm.fast import FastKernels
+
+    return FastKernels()
+
+
 def train_step(run: Run, objective: str, lang: str) -> dict[str, Any]:
     """One optimizer update on `accumulate` global batches of one step; returns its metrics record.
 
@@ -481,7 +499,7 @@ def train_step(run: Run, objective: str, lang: str) -> dict[str, Any]:
     for micro, batch in enumerate(batches):
         last = micro == len(batches) - 1
         no_sync = run.module.no_sync() if world() > 1 and not last else nullcontext()  # all-reduce once, at the end
-        with no_sync:
+        with no_sync, fast_kernels(cfg):
             with autocast(cfg, run.device):
                 summed, _ = run.module(objective, batch.rows(*my_rows(len(batch))).to(run.device))
             run.scaler.scale(summed * (world() / max(count, 1))).backward()
@@ -536,7 +554,7 @@ def evaluate_split(
             if objective == "mlm":
                 batch = objectives.mask_batch(batch, generator, **mask_options)
             predictions = objectives.clm_predictions if objective == "clm" else objectives.mlm_predictions
-            with autocast(cfg, device):
+            with autocast(cfg, device), fast_kernels(cfg):
                 logits, targets = predictions(model, batch.rows(*my_rows(len(batch))).to(device))
             loss, count = objectives.summed_cross_entropy(logits, targets)
             totals += torch.tensor([loss.item(), count, (logits.argmax(-1) == targets).sum().item()])
@@ -846,6 +864,12 @@ def build_parser(prog: str = "xlm train") -> argparse.ArgumentParser:
     parser = OneLineParser(prog=prog, description="Pretrain or fine-tune XLM on prepared corpora (docs/training.md).")
     for flag, kind, metavar, help_text in OPTIONS:
         parser.add_argument(flag, type=kind, metavar=metavar, help=help_text)
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="CPU: oneDNN products and a fused LM head + loss (xlm/fast.py); the same math, faster",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     parser.add_argument("--resume", metavar="DIR", help="continue a run: a checkpoint or a run directory (its latest)")
     return parser
