@@ -23,7 +23,12 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
+
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
 
 namespace xlm {
 
@@ -111,10 +116,153 @@ inline void dots(const uint16_t* row, const uint16_t* x, int64_t I, float* out) 
   }
 }
 
+// --- Several rows: register tiles ------------------------------------------------------------------------
+//
+// With R rows of x, each weight read from memory feeds R multiply-adds, and from 4-8 rows on the loop above runs
+// out of arithmetic before memory: it makes one vector multiply-add per vector of x loaded (its only reuse is
+// the weight vector), and the loads and the two-per-row partial sums of 8-lane vectors keep the FMA units at a
+// fraction of their peak. A tile keeps NW weight rows x MR rows of x of accumulators in 512-bit registers: each
+// vector loaded feeds NW or MR multiply-adds. The weight rows of a block are read from memory once, by the first
+// group of MR rows of x; the later groups find them in L1/L2 (an fp32 block of 2 rows of I = 1024 is 8 KB).
+
+constexpr int TL = 16;  // fp32 lanes of a tile's vectors: one 512-bit register
+typedef float floats16 __attribute__((vector_size(4 * TL)));
+typedef uint32_t words16 __attribute__((vector_size(4 * TL)));
+
+// The sums of the lanes of 16 vectors, as one vector: lane k sums v[k]. Four rounds fold pairs of vectors, each
+// lane of a round's result adding two partial sums of one vector (8 + 4 + 2 + 1 vector additions in all). Summing
+// each vector on its own took 4 dependent rounds per vector, which GCC compiled to scalar loops through memory:
+// as long as the multiply-adds of a 2 x 8 tile at I = 1024.
+constexpr int fold_index(int width, int lane, int half) {  // lanes come in groups of 2 width: one per vector
+  const int groups = TL / (2 * width), group = lane / width;
+  return (group < groups ? 0 : TL) + group % groups * 2 * width + half + lane % width;
+}
+
+template <int width, int... lane>
+inline floats16 fold(floats16 a, floats16 b, std::integer_sequence<int, lane...>) {
+  return __builtin_shufflevector(a, b, fold_index(width, lane, 0)...) +
+         __builtin_shufflevector(a, b, fold_index(width, lane, width)...);
+}
+
+template <int width>
+inline floats16 fold(floats16 a, floats16 b) {  // a's groups of 2 width, then b's -> groups of width
+  return fold<width>(a, b, std::make_integer_sequence<int, TL>());
+}
+
+inline floats16 sum_lanes(const floats16 (&v)[TL]) {
+  floats16 eights[8], fours[4], twos[2];
+  for (int k = 0; k < 8; ++k) eights[k] = fold<8>(v[2 * k], v[2 * k + 1]);
+  for (int k = 0; k < 4; ++k) fours[k] = fold<4>(eights[2 * k], eights[2 * k + 1]);
+  for (int k = 0; k < 2; ++k) twos[k] = fold<2>(fours[2 * k], fours[2 * k + 1]);
+  return fold<1>(twos[0], twos[1]);
+}
+
+// acc + w * x lane by lane: fp32, 16 values per vector.
+inline floats16 multiply_add(floats16 acc, floats16 w, floats16 x) { return acc + w * x; }
+
+// bf16, 32 values per vector (16 words of two): each lane adds the products of its two pairs. AVX512-BF16's
+// vdpbf16ps does it in one instruction (exact products, fp32 sums, as the shift-and-mask version below).
+inline floats16 multiply_add(floats16 acc, words16 w, words16 x) {
+#ifdef __AVX512BF16__
+  return (floats16)_mm512_dpbf16_ps((__m512)acc, (__m512bh)w, (__m512bh)x);
+#else
+  acc += (floats16)(w << 16) * (floats16)(x << 16);
+  return acc + (floats16)(w & 0xffff0000u) * (floats16)(x & 0xffff0000u);
+#endif
+}
+
+template <typename W>
+struct Wide;  // a tile's vector of W values
+template <>
+struct Wide<float> {
+  using type = floats16;
+  static constexpr int values = TL;
+};
+template <>
+struct Wide<uint16_t> {
+  using type = words16;
+  static constexpr int values = 2 * TL;
+};
+
+// v, from a register: an empty instruction that takes and gives it there. Without it GCC folds the load of a
+// vector of x into each of the NW multiply-adds that use it, NW loads where one does.
+template <typename V>
+inline V in_register(V v) {
+#if defined(__x86_64__)
+  asm("" : "+v"(v));
+#endif
+  return v;
+}
+
+// out[n][m] = w[n] . x[m] for NW weight rows and MR rows of x, both I values apart.
+template <int NW, int MR, typename W>
+inline void tile(const W* w, const W* x, int64_t I, float (&out)[NW][MR]) {
+  using V = typename Wide<W>::type;
+  constexpr int step = Wide<W>::values, tiles = (NW * MR + TL - 1) / TL;
+  floats16 acc[tiles * TL] = {};  // acc[n * MR + m], padded to whole groups of 16 for sum_lanes
+  int64_t i = 0;
+  for (; i + step <= I; i += step) {
+    V wv[NW];
+    for (int n = 0; n < NW; ++n) wv[n] = load<V>(w + n * I + i);
+    for (int m = 0; m < MR; ++m) {
+      const V xv = in_register(load<V>(x + m * I + i));
+      for (int n = 0; n < NW; ++n) acc[n * MR + m] = multiply_add(acc[n * MR + m], wv[n], xv);
+    }
+  }
+  float sums[tiles * TL];
+  for (int t = 0; t < tiles; ++t) {
+    const floats16 tile_sums = sum_lanes(reinterpret_cast<const floats16(&)[TL]>(acc[t * TL]));
+    std::memcpy(sums + t * TL, &tile_sums, sizeof tile_sums);
+  }
+  for (int n = 0; n < NW; ++n)
+    for (int m = 0; m < MR; ++m) {
+      float sum = sums[n * MR + m];
+      for (int64_t j = i; j < I; ++j) sum += to_float(w[n * I + j]) * to_float(x[m * I + j]);  // the tail
+      out[n][m] = sum;
+    }
+}
+
+// finish(m, o + n, x[m] . w[o + n] + b[o + n]) for the NW weight rows from o and the rows m of x from `first`,
+// MR at a time while MR are left; returns the first row left.
+template <int NW, int MR, typename W, typename Finish>
+inline int64_t tile_rows(const W* x, int64_t first, int64_t M, int64_t I, const W* w, const W* b, int64_t o,
+                         Finish& finish) {
+  int64_t m = first;
+  for (; m + MR <= M; m += MR) {
+    float out[NW][MR];
+    tile<NW, MR>(w + o * I, x + m * I, I, out);
+    for (int n = 0; n < NW; ++n)
+      for (int k = 0; k < MR; ++k) finish(m + k, o + n, out[n][k] + (b ? to_float(b[o + n]) : 0.f));
+  }
+  return m;
+}
+
+// The NW weight rows from o times every row of x: groups of 8 rows, then 4, 2, 1 for what is left.
+template <int NW, typename W, typename Finish>
+inline void tiles(const W* x, int64_t M, int64_t I, const W* w, const W* b, int64_t o, Finish& finish) {
+  int64_t m = tile_rows<NW, 8>(x, 0, M, I, w, b, o, finish);
+  m = tile_rows<NW, 4>(x, m, M, I, w, b, o, finish);
+  m = tile_rows<NW, 2>(x, m, M, I, w, b, o, finish);
+  tile_rows<NW, 1>(x, m, M, I, w, b, o, finish);
+}
+
+// The weight rows o in [begin, end) in blocks of NW, each block times every row of x.
+template <int NW, typename W, typename Finish>
+inline void tiled_rows(const W* x, int64_t M, int64_t I, const W* w, const W* b, int64_t begin, int64_t end,
+                       Finish& finish) {
+  int64_t o = begin;
+  for (; o + NW <= end; o += NW) tiles<NW>(x, M, I, w, b, o, finish);
+  for (; o < end; ++o) tiles<1>(x, M, I, w, b, o, finish);
+}
+
+constexpr int64_t STREAMED_MAX_ROWS = 1;  // up to this many rows of x, `dots`; more: tiles
+constexpr int TILE_WEIGHT_ROWS = 2;       // NW
+
 // finish(m, o, x[m] . w[o] + b[o]) for the weight rows o in [begin, end), each streamed once for all rows of x.
 template <typename W, typename Finish>
 inline void gemv_rows(const W* x, int64_t M, int64_t I, const W* w, const W* b, int64_t begin, int64_t end,
                       Finish&& finish) {
+  if (M > STREAMED_MAX_ROWS) return tiled_rows<TILE_WEIGHT_ROWS>(x, M, I, w, b, begin, end, finish);
   float out[4];
   for (int64_t o = begin; o < end; ++o) {
     const W* row = w + o * I;
