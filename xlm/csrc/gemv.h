@@ -1,10 +1,11 @@
-// The matrix-vector product of decoding, shared by the `gemv` operator (gemv.cpp) and the fused decoding step
-// (decode_step.cpp): y = x @ w.T + b for a few rows of x, at memory speed.
+// The matrix products of decoding, shared by the `gemv` operator (gemv.cpp) and the fused decoding step
+// (decode_step.cpp): y = x @ w.T + b for 1-16 rows of x, each weight read from memory once.
 //
-// Decoding one token per row multiplies 1..4 activation rows by every weight matrix: 4 bytes (fp32) or 2 (bf16)
-// read per multiply-add, so a step costs the time it takes to stream the weights from memory once. BLAS GEMM
-// kernels are built for many rows and leave bandwidth unused here (measured in docs/performance.md); this loop
-// streams each weight row once, front to back, and keeps the activation rows in L1.
+// Decoding one token per row multiplies R activation rows by every weight matrix. At R = 1 that is 4 bytes (fp32)
+// or 2 (bf16) read per multiply-add, so a step costs the time it takes to stream the weights from memory once.
+// BLAS GEMM kernels are built for many rows and leave bandwidth unused here (measured in docs/performance.md);
+// `dots` streams each weight row once, front to back, and keeps the activation rows in L1. With more rows the
+// arithmetic grows R-fold for the same bytes, and from 3-5 rows on `tile` (register tiles) takes over.
 //
 //   x (M, I) w's dtype, contiguous      w (O, I) fp32 or bf16, contiguous (nn.Linear's layout, no repacking)
 //   b (O,) w's dtype, or null           finish(m, o, value) receives every x[m] . w[o] + b[o], summed in fp32
@@ -118,12 +119,16 @@ inline void dots(const uint16_t* row, const uint16_t* x, int64_t I, float* out) 
 
 // --- Several rows: register tiles ------------------------------------------------------------------------
 //
-// With R rows of x, each weight read from memory feeds R multiply-adds, and from 4-8 rows on the loop above runs
-// out of arithmetic before memory: it makes one vector multiply-add per vector of x loaded (its only reuse is
-// the weight vector), and the loads and the two-per-row partial sums of 8-lane vectors keep the FMA units at a
-// fraction of their peak. A tile keeps NW weight rows x MR rows of x of accumulators in 512-bit registers: each
-// vector loaded feeds NW or MR multiply-adds. The weight rows of a block are read from memory once, by the first
-// group of MR rows of x; the later groups find them in L1/L2 (an fp32 block of 2 rows of I = 1024 is 8 KB).
+// With R rows of x, each weight read from memory feeds R multiply-adds, and from 3-5 rows on the loop above runs
+// out of arithmetic before memory: it makes one multiply-add per vector of x loaded (its only reuse is the weight
+// vector), on 8-lane vectors. A tile keeps NW weight rows x MR rows of x of accumulators in 512-bit registers
+// (4 x 4: 16 of the 32), so each vector loaded feeds 4 multiply-adds. The weight rows of a block are read from
+// memory once, by the first group of rows of x, which also fetches the next block into cache as it goes (the
+// hardware prefetchers fall behind once the loop does more arithmetic than reading); the later groups find the
+// block in L1/L2 (4 fp32 rows of I = 1024: 16 KB). Products alone, full size, same process: 8 rows 1.5-2.1x the
+// fp32 weights sweep with 4 x 4 tiles, 1.7-2.3x with 2 x 8, 3 x 8 or 4 x 6 tiles (noisy: the VM's bandwidth
+// drifts), 2.2-2.6x with oneDNN, 2.8x with `dots`. In cache (weights in L3) the tiles reach 60-70% of the FMA
+// peak; streaming from memory they keep 25-45% of it (docs/performance.md).
 
 constexpr int TL = 16;  // fp32 lanes of a tile's vectors: one 512-bit register
 typedef float floats16 __attribute__((vector_size(4 * TL)));
@@ -133,6 +138,7 @@ typedef uint32_t words16 __attribute__((vector_size(4 * TL)));
 // lane of a round's result adding two partial sums of one vector (8 + 4 + 2 + 1 vector additions in all). Summing
 // each vector on its own took 4 dependent rounds per vector, which GCC compiled to scalar loops through memory:
 // as long as the multiply-adds of a 2 x 8 tile at I = 1024.
+#if __has_builtin(__builtin_shufflevector)
 constexpr int fold_index(int width, int lane, int half) {  // lanes come in groups of 2 width: one per vector
   const int groups = TL / (2 * width), group = lane / width;
   return (group < groups ? 0 : TL) + group % groups * 2 * width + half + lane % width;
@@ -156,6 +162,14 @@ inline floats16 sum_lanes(const floats16 (&v)[TL]) {
   for (int k = 0; k < 2; ++k) twos[k] = fold<2>(fours[2 * k], fours[2 * k + 1]);
   return fold<1>(twos[0], twos[1]);
 }
+#else  // GCC before 12: one vector at a time
+inline floats16 sum_lanes(const floats16 (&v)[TL]) {
+  float sums[TL] = {};
+  for (int k = 0; k < TL; ++k)
+    for (int lane = 0; lane < TL; ++lane) sums[k] += v[k][lane];
+  return load<floats16>(sums);
+}
+#endif
 
 // acc + w * x lane by lane: fp32, 16 values per vector.
 inline floats16 multiply_add(floats16 acc, floats16 w, floats16 x) { return acc + w * x; }
@@ -188,7 +202,7 @@ struct Wide<uint16_t> {
 // vector of x into each of the NW multiply-adds that use it, NW loads where one does.
 template <typename V>
 inline V in_register(V v) {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__AVX512F__)  // (a 512-bit vector fits one register only with AVX-512)
   asm("" : "+v"(v));
 #endif
   return v;
