@@ -220,7 +220,7 @@ inline void tile(const W* w, const W* x, int64_t I, float (&out)[NW][MR], const 
     V wv[NW];
     for (int n = 0; n < NW; ++n) wv[n] = load<V>(w + n * I + i);
     if (ahead)
-      for (int n = 0; n < NW; ++n) __builtin_prefetch(ahead + n * I + i, 0, 3);
+      for (int n = 0; n < NW; ++n) __builtin_prefetch(ahead + n * I + i, 0, 3);  // to L1: read again by later groups
     for (int m = 0; m < MR; ++m) {
       const V xv = in_register(load<V>(x + m * I + i));
       for (int n = 0; n < NW; ++n) acc[n * MR + m] = multiply_add(acc[n * MR + m], wv[n], xv);
@@ -283,7 +283,7 @@ template <typename W>
 constexpr int64_t streamed_max_rows = 2;
 template <>
 constexpr int64_t streamed_max_rows<uint16_t> = 4;
-constexpr int TILE_WEIGHT_ROWS = 4;  // NW
+constexpr int TILE_WEIGHT_ROWS = 4;  // NW; against 1 x 8, 2 x 4, 2 x 8, 3 x 8, 4 x 6: docs/performance.md
 
 // finish(m, o, x[m] . w[o] + b[o]) for the weight rows o in [begin, end), each streamed once for all rows of x.
 template <typename W, typename Finish>
