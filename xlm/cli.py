@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--compile", action="store_true",
-        help="--fast, and torch.compile the decode step of batches over 4 prompts (~15-40 s once, ~10%% faster)",
+        help="--fast, and torch.compile the decode step of batches over 16 prompts (~15-40 s once, ~10%% faster)",
     )  # fmt: skip
 
     score = verbs.add_parser("score", parents=common, help="log-likelihood of sentences, perplexity of a file")

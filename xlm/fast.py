@@ -18,7 +18,7 @@ in docs/performance.md):
   streaming the weights from memory. `F.linear` reaches ~30-60% of that speed; `xlm/csrc/gemv.h`, a plain
   C++ loop compiled on first use, comes within a few percent of it in fp32 and bf16. What lies between the
   products (~150 small operations per step) then costs 10-20% more as PyTorch calls, so a whole decoding
-  step of up to 4 rows is one C++ call too, `xlm/csrc/decode_step.cpp` (`fused_decode_one`): a second
+  step of up to 16 rows is one C++ call too, `xlm/csrc/decode_step.cpp` (`fused_decode_one`): a second
   implementation of the model's forward pass for one token, held equal to xlm/model.py by
   tests/test_fast.py (`test_fused_step_equals_decode_one_and_updates_the_cache_alike`).
 - fp32 with many rows (a forward, scoring, prefill): MKL's fp32 GEMM runs at a fraction of oneDNN's speed on
@@ -81,7 +81,7 @@ _built = {"gemv": False}  # set by gemv_kernel(); `linear` reads it (a plain fla
 def gemv_kernel():
     """`torch.ops.xlm` with the compiled kernels of xlm/csrc; None if they cannot be built.
 
-    `gemv(x, w, b)` (gemv.cpp): x @ w.T + b for 1-4 rows; `decode_step(...)` (decode_step.cpp): see
+    `gemv(x, w, b)` (gemv.cpp): x @ w.T + b for 1-16 rows; `decode_step(...)` (decode_step.cpp): see
     `fused_decode_one`.
 
     Built once with torch's C++ extension loader (needs a C++ compiler and ninja; ~45 s, announced by one line
@@ -330,7 +330,7 @@ def align_weights(model: XLM) -> int:
 
 # --- The decoding step in one call ---------------------------------------------------------------------------
 
-FUSED_MAX_ROWS = 4  # the fused step's products read the weights once per 4 rows; bigger batches: `fallback`
+FUSED_MAX_ROWS = 16  # the fused step's products tile up to 16 rows (gemv.h); bigger batches: `fallback`
 
 
 def fused_decode_one(

@@ -5,9 +5,12 @@
 // them is small (LayerNorms, attention over the cache, GELU, residuals and cache writes on vectors of C = 1024):
 // as PyTorch operations it costs ~3 ms of Python and dispatch per step (1.5-2 ms compiled), 10-20% of a step.
 // Here those are loops of microseconds; GELU and the residual additions run inside the products' own loops.
+// Batches of up to 16 rows (FUSED_MAX_ROWS in xlm/fast.py) take the same path: the products multiply every row by
+// each weight they read (gemv.h's tiles), the rest runs row by row, attention in parallel over rows and heads.
 // This is a second implementation of XLM's forward pass (for one new token per row). xlm/model.py is the
-// specification; tests/test_fast.py holds this step to it: test_fused_step_equals_decode_one_and_updates_the_cache_alike
-// (logits within 1e-5, the same cache writes) and test_fused_generation_gives_the_plain_tokens_and_never_falls_back.
+// specification; tests/test_fast.py holds this step to it:
+// test_fused_step_equals_decode_one_and_updates_the_cache_alike (logits within 1e-5 in fp32, the same cache writes)
+// and test_fused_generation_gives_the_plain_tokens_and_never_falls_back.
 // A change to the model's computation must be made here too, or those tests fail.
 //
 // Shapes (B rows, C width, H heads, D = C / H, F FFN width, S_max cache slots, V vocabulary, L layers):

@@ -1,10 +1,11 @@
-// The matrix-vector product of decoding, shared by the `gemv` operator (gemv.cpp) and the fused decoding step
-// (decode_step.cpp): y = x @ w.T + b for a few rows of x, at memory speed.
+// The matrix products of decoding, shared by the `gemv` operator (gemv.cpp) and the fused decoding step
+// (decode_step.cpp): y = x @ w.T + b for 1-16 rows of x, each weight read from memory once.
 //
-// Decoding one token per row multiplies 1..4 activation rows by every weight matrix: 4 bytes (fp32) or 2 (bf16)
-// read per multiply-add, so a step costs the time it takes to stream the weights from memory once. BLAS GEMM
-// kernels are built for many rows and leave bandwidth unused here (measured in docs/performance.md); this loop
-// streams each weight row once, front to back, and keeps the activation rows in L1.
+// Decoding one token per row multiplies R activation rows by every weight matrix. At R = 1 that is 4 bytes (fp32)
+// or 2 (bf16) read per multiply-add, so a step costs the time it takes to stream the weights from memory once.
+// BLAS GEMM kernels are built for many rows and leave bandwidth unused here (measured in docs/performance.md);
+// `dots` streams each weight row once, front to back, and keeps the activation rows in L1. With more rows the
+// arithmetic grows R-fold for the same bytes, and from 3-5 rows on `tile` (register tiles) takes over.
 //
 //   x (M, I) w's dtype, contiguous      w (O, I) fp32 or bf16, contiguous (nn.Linear's layout, no repacking)
 //   b (O,) w's dtype, or null           finish(m, o, value) receives every x[m] . w[o] + b[o], summed in fp32
@@ -23,7 +24,12 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
+
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
 
 namespace xlm {
 
@@ -111,10 +117,179 @@ inline void dots(const uint16_t* row, const uint16_t* x, int64_t I, float* out) 
   }
 }
 
+// --- Several rows: register tiles ------------------------------------------------------------------------
+//
+// With R rows of x, each weight read from memory feeds R multiply-adds, and from 3-5 rows on the loop above runs
+// out of arithmetic before memory: it makes one multiply-add per vector of x loaded (its only reuse is the weight
+// vector), on 8-lane vectors. A tile keeps NW weight rows x MR rows of x of accumulators in 512-bit registers
+// (4 x 4: 16 of the 32), so each vector loaded feeds 4 multiply-adds. The weight rows of a block are read from
+// memory once, by the first group of rows of x, which also fetches the next block into cache as it goes (the
+// hardware prefetchers fall behind once the loop does more arithmetic than reading); the later groups find the
+// block in L1/L2 (4 fp32 rows of I = 1024: 16 KB). Products alone, full size, same process: 8 rows 1.5-2.1x the
+// fp32 weights sweep with 4 x 4 tiles, 1.7-2.3x with 2 x 8, 3 x 8 or 4 x 6 tiles (noisy: the VM's bandwidth
+// drifts), 2.2-2.6x with oneDNN, 2.8x with `dots`. In cache (weights in L3) the tiles reach 60-70% of the FMA
+// peak; streaming from memory they keep 25-45% of it (docs/performance.md).
+
+constexpr int TL = 16;  // fp32 lanes of a tile's vectors: one 512-bit register
+typedef float floats16 __attribute__((vector_size(4 * TL)));
+typedef uint32_t words16 __attribute__((vector_size(4 * TL)));
+
+// The sums of the lanes of 16 vectors, as one vector: lane k sums v[k]. Four rounds fold pairs of vectors, each
+// lane of a round's result adding two partial sums of one vector (8 + 4 + 2 + 1 vector additions in all). Summing
+// each vector on its own took 4 dependent rounds per vector, which GCC compiled to scalar loops through memory:
+// as long as the multiply-adds of a 2 x 8 tile at I = 1024.
+#if __has_builtin(__builtin_shufflevector)
+constexpr int fold_index(int width, int lane, int half) {  // lanes come in groups of 2 width: one per vector
+  const int groups = TL / (2 * width), group = lane / width;
+  return (group < groups ? 0 : TL) + group % groups * 2 * width + half + lane % width;
+}
+
+template <int width, int... lane>
+inline floats16 fold(floats16 a, floats16 b, std::integer_sequence<int, lane...>) {
+  return __builtin_shufflevector(a, b, fold_index(width, lane, 0)...) +
+         __builtin_shufflevector(a, b, fold_index(width, lane, width)...);
+}
+
+template <int width>
+inline floats16 fold(floats16 a, floats16 b) {  // a's groups of 2 width, then b's -> groups of width
+  return fold<width>(a, b, std::make_integer_sequence<int, TL>());
+}
+
+inline floats16 sum_lanes(const floats16 (&v)[TL]) {
+  floats16 eights[8], fours[4], twos[2];
+  for (int k = 0; k < 8; ++k) eights[k] = fold<8>(v[2 * k], v[2 * k + 1]);
+  for (int k = 0; k < 4; ++k) fours[k] = fold<4>(eights[2 * k], eights[2 * k + 1]);
+  for (int k = 0; k < 2; ++k) twos[k] = fold<2>(fours[2 * k], fours[2 * k + 1]);
+  return fold<1>(twos[0], twos[1]);
+}
+#else  // GCC before 12: one vector at a time
+inline floats16 sum_lanes(const floats16 (&v)[TL]) {
+  float sums[TL] = {};
+  for (int k = 0; k < TL; ++k)
+    for (int lane = 0; lane < TL; ++lane) sums[k] += v[k][lane];
+  return load<floats16>(sums);
+}
+#endif
+
+// acc + w * x lane by lane: fp32, 16 values per vector.
+inline floats16 multiply_add(floats16 acc, floats16 w, floats16 x) { return acc + w * x; }
+
+// bf16, 32 values per vector (16 words of two): each lane adds the products of its two pairs. AVX512-BF16's
+// vdpbf16ps does it in one instruction (exact products, fp32 sums, as the shift-and-mask version below).
+inline floats16 multiply_add(floats16 acc, words16 w, words16 x) {
+#ifdef __AVX512BF16__
+  return (floats16)_mm512_dpbf16_ps((__m512)acc, (__m512bh)w, (__m512bh)x);
+#else
+  acc += (floats16)(w << 16) * (floats16)(x << 16);
+  return acc + (floats16)(w & 0xffff0000u) * (floats16)(x & 0xffff0000u);
+#endif
+}
+
+template <typename W>
+struct Wide;  // a tile's vector of W values
+template <>
+struct Wide<float> {
+  using type = floats16;
+  static constexpr int values = TL;
+};
+template <>
+struct Wide<uint16_t> {
+  using type = words16;
+  static constexpr int values = 2 * TL;
+};
+
+// v, from a register: an empty instruction that takes and gives it there. Without it GCC folds the load of a
+// vector of x into each of the NW multiply-adds that use it, NW loads where one does.
+template <typename V>
+inline V in_register(V v) {
+#if defined(__x86_64__) && defined(__AVX512F__)  // (a 512-bit vector fits one register only with AVX-512)
+  asm("" : "+v"(v));
+#endif
+  return v;
+}
+
+// out[n][m] = w[n] . x[m] for NW weight rows and MR rows of x, both I values apart. `ahead`, if not null: the next
+// block of NW weight rows, fetched into cache in step with this one's reading (one line per row per vector).
+template <int NW, int MR, typename W>
+inline void tile(const W* w, const W* x, int64_t I, float (&out)[NW][MR], const W* ahead = nullptr) {
+  using V = typename Wide<W>::type;
+  constexpr int step = Wide<W>::values, tiles = (NW * MR + TL - 1) / TL;
+  floats16 acc[tiles * TL] = {};  // acc[n * MR + m], padded to whole groups of 16 for sum_lanes
+  int64_t i = 0;
+  for (; i + step <= I; i += step) {
+    V wv[NW];
+    for (int n = 0; n < NW; ++n) wv[n] = load<V>(w + n * I + i);
+    if (ahead)
+      for (int n = 0; n < NW; ++n) __builtin_prefetch(ahead + n * I + i, 0, 3);  // to L1: read again by later groups
+    for (int m = 0; m < MR; ++m) {
+      const V xv = in_register(load<V>(x + m * I + i));
+      for (int n = 0; n < NW; ++n) acc[n * MR + m] = multiply_add(acc[n * MR + m], wv[n], xv);
+    }
+  }
+  float sums[tiles * TL];
+  for (int t = 0; t < tiles; ++t) {
+    const floats16 tile_sums = sum_lanes(reinterpret_cast<const floats16(&)[TL]>(acc[t * TL]));
+    std::memcpy(sums + t * TL, &tile_sums, sizeof tile_sums);
+  }
+  for (int n = 0; n < NW; ++n)
+    for (int m = 0; m < MR; ++m) {
+      float sum = sums[n * MR + m];
+      for (int64_t j = i; j < I; ++j) sum += to_float(w[n * I + j]) * to_float(x[m * I + j]);  // the tail
+      out[n][m] = sum;
+    }
+}
+
+// finish(m, o + n, x[m] . w[o + n] + b[o + n]) for the NW weight rows from o and the rows m of x from `first`,
+// MR at a time while MR are left; returns the first row left.
+template <int NW, int MR, typename W, typename Finish>
+inline int64_t tile_rows(const W* x, int64_t first, int64_t M, int64_t I, const W* w, const W* b, int64_t o,
+                         Finish& finish, const W* ahead = nullptr) {
+  int64_t m = first;
+  for (; m + MR <= M; m += MR) {
+    float out[NW][MR];
+    tile<NW, MR>(w + o * I, x + m * I, I, out, m == 0 ? ahead : nullptr);  // the first group reads from memory
+    for (int n = 0; n < NW; ++n)
+      for (int k = 0; k < MR; ++k) finish(m + k, o + n, out[n][k] + (b ? to_float(b[o + n]) : 0.f));
+  }
+  return m;
+}
+
+// The NW weight rows from o times every row of x: groups of 4 rows, then 2, 1 for what is left.
+template <int NW, typename W, typename Finish>
+inline void tiles(const W* x, int64_t M, int64_t I, const W* w, const W* b, int64_t o, Finish& finish,
+                  const W* ahead = nullptr) {
+  int64_t m = tile_rows<NW, 4>(x, 0, M, I, w, b, o, finish, ahead);
+  m = tile_rows<NW, 2>(x, m, M, I, w, b, o, finish, ahead);
+  tile_rows<NW, 1>(x, m, M, I, w, b, o, finish, ahead);
+}
+
+// The weight rows o in [begin, end) in blocks of NW, each block times every row of x.
+template <int NW, typename W, typename Finish>
+inline void tiled_rows(const W* x, int64_t M, int64_t I, const W* w, const W* b, int64_t begin, int64_t end,
+                       Finish& finish) {
+  int64_t o = begin;
+  for (; o + NW <= end; o += NW) {
+    const W* next = o + 2 * NW <= end ? w + (o + NW) * I : nullptr;  // the next block, fetched while this one runs
+    tiles<NW>(x, M, I, w, b, o, finish, next);
+  }
+  for (; o < end; ++o) tiles<1>(x, M, I, w, b, o, finish);
+}
+
+// Up to this many rows of x, `dots` (memory-bound: each weight is read once for all rows anyway); more: tiles.
+// In the fused step (same process, slow memory state): fp32 4 rows 1.94x the sweep with `dots`, 1.66x in tiles;
+// bf16 4 rows 1.34x with `dots` (bf16 weights are half the bytes: the loop is still near the memory bound),
+// 1.72x in tiles. Products alone: fp32 2 rows 1.22x with `dots`, 1.42x in tiles.
+template <typename W>
+constexpr int64_t streamed_max_rows = 2;
+template <>
+constexpr int64_t streamed_max_rows<uint16_t> = 4;
+constexpr int TILE_WEIGHT_ROWS = 4;  // NW; against 1 x 8, 2 x 4, 2 x 8, 3 x 8, 4 x 6: docs/performance.md
+
 // finish(m, o, x[m] . w[o] + b[o]) for the weight rows o in [begin, end), each streamed once for all rows of x.
 template <typename W, typename Finish>
 inline void gemv_rows(const W* x, int64_t M, int64_t I, const W* w, const W* b, int64_t begin, int64_t end,
                       Finish&& finish) {
+  if (M > streamed_max_rows<W>) return tiled_rows<TILE_WEIGHT_ROWS>(x, M, I, w, b, begin, end, finish);
   float out[4];
   for (int64_t o = begin; o < end; ++o) {
     const W* row = w + o * I;
