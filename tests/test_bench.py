@@ -21,7 +21,7 @@ KEYS = {"command", "settings", "machine", "weight_bytes", "bf16", "decode", "swe
 
 @pytest.mark.slow
 def test_bench_runs_and_writes_its_json(tmp_path):
-    """`--small`: a scaled-down model through every section (~35 s, mostly torch.compile); figures unchecked."""
+    """`--small`: a scaled-down model through every section (~3 minutes on 2 cores); figures unchecked."""
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLM_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(
@@ -35,8 +35,8 @@ def test_bench_runs_and_writes_its_json(tmp_path):
     assert {"transformers generate(use_cache=False)", "transformers generate() [wrong tokens]"} <= contenders
     batch = {b: {row["contender"] for row in report["decode"] if row["batch"] == b} for b in (1, 8, 16)}
     assert {f"xlm {d}{v}" for d in ("fp32", "bf16") for v in ("", " fast")} <= batch[1]
-    assert {f"xlm {d}{v}" for d in ("fp32", "bf16") for v in ("", " fast", " fast+compile")} <= batch[8] & batch[16]
-    assert not any(name.endswith("+compile") for name in batch[1])  # --fast decodes 1-4 rows in one C++ call
+    assert {f"xlm {d}{v}" for d in ("fp32", "bf16") for v in ("", " fast")} <= batch[8] & batch[16]
+    assert not any(name.endswith("+compile") for b in batch.values() for name in b)  # --fast: 1-16 rows in C++
     assert not any(name.startswith("transformers") for name in batch[16])
     assert {row["batch"] for row in report["decode"]} == {1, 8, 16}
     assert all("x_sweep" in row for row in report["decode"] if row["contender"].startswith("xlm"))
