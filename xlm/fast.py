@@ -205,12 +205,15 @@ def training_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
     return F.linear(x, weight, bias)
 
 
-def times_transposed(a: Tensor, b: Tensor, kernel: str) -> Tensor:
-    """a (M, K) @ b (N, K).T -> (M, N) on `kernel`: "onednn" (b is a weight in nn.Linear's layout, whatever its
-    strides) or "mkl" (torch.mm; fp32 on the CPU goes to MKL)."""
-    if kernel == "onednn":
-        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
-    return a @ b.t()
+def times_transposed(a: Tensor, b: Tensor, kernel: str, bias: Tensor | None = None) -> Tensor:
+    """a (M, K) @ b (N, K).T (+ bias) -> (M, N) on `kernel`: "onednn" (b in nn.Linear's layout, whatever its
+    strides; fp32 on the CPU, else F.linear, whose bf16 products are oneDNN's) or "mkl" (torch.mm: fp32 on the
+    CPU goes to MKL). Not F.linear for "mkl": under `kernels()` that call would come back to `linear`."""
+    if kernel == "mkl":
+        return a @ b.t() if bias is None else torch.addmm(bias, a, b.t())
+    if ONEDNN and a.device.type == "cpu" and a.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+    return F.linear(a, b, bias)
 
 
 def _save_linear_inputs(ctx, inputs: tuple, output: Tensor) -> None:
@@ -462,7 +465,7 @@ def _head_losses_and_grads(
     grads = [torch.empty_like(h, dtype=torch.float32), None, torch.zeros_like(bias, dtype=torch.float32)]
     for start in range(0, P, chunk):
         part, wanted = rows[start : start + chunk], targets[start : start + chunk]  # (c, C), (c,)
-        logits = _head_product(part, table, bias.to(dtype)).float()  # (c, V)
+        logits = times_transposed(part, table, "onednn", bias.to(dtype)).float()  # (c, V)
         softmax, losses[start : start + chunk] = _softmax_and_losses(logits, wanted)
         if not with_grads:
             continue
@@ -470,7 +473,7 @@ def _head_losses_and_grads(
         grad_logits[torch.arange(len(wanted), device=h.device), wanted] -= 1.0  # minus the one-hot
         grads[2].add_(grad_logits.sum(0))
         grad_logits = grad_logits.to(dtype)
-        grads[0][start : start + chunk] = _head_product(grad_logits, table.t(), None, GRAD_INPUT_KERNEL)  # (c, C)
+        grads[0][start : start + chunk] = times_transposed(grad_logits, table.t(), GRAD_INPUT_KERNEL)  # (c, C)
         grads[1] = _add_grad_weight(grads[1], grad_logits, part)
     return losses, grads if with_grads else None
 
@@ -489,21 +492,13 @@ def _softmax_and_losses(logits: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]
     return exps.div_(total), losses
 
 
-def _head_product(a: Tensor, b: Tensor, bias: Tensor | None, kernel: str = "onednn") -> Tensor:
-    """a (M, K) @ b (N, K).T (+ bias): fp32 on the CPU on `kernel` (see `times_transposed`), else F.linear (bf16:
-    oneDNN)."""
-    if ONEDNN and kernel == "onednn" and a.device.type == "cpu" and a.dtype == torch.float32:
-        return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
-    return F.linear(a, b, bias)
-
-
 def _add_grad_weight(total: Tensor | None, grad_logits: Tensor, part: Tensor) -> Tensor:
     """total (V, C) fp32 + grad_logits.T (V, c) @ part (c, C): the chunks' sum of the embeddings' gradient (the first
     chunk's product is the sum so far: nothing to zero). On MKL for fp32 (see `grad_weight_kernel`), added in place."""
     on_mkl = grad_logits.dtype == torch.float32 and grad_weight_kernel(grad_logits.size(1), part.size(1)) == "mkl"
     if on_mkl and total is not None:
         return total.addmm_(grad_logits.t(), part)
-    product = grad_logits.t() @ part if on_mkl else _head_product(grad_logits.t(), part.t(), None, "onednn")
+    product = times_transposed(grad_logits.t(), part.t(), "mkl" if on_mkl else "onednn")
     return product.float() if total is None else total.add_(product)
 
 
