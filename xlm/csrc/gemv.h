@@ -23,7 +23,9 @@
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -122,13 +124,13 @@ inline void dots(const uint16_t* row, const uint16_t* x, int64_t I, float* out) 
 // With R rows of x, each weight read from memory feeds R multiply-adds, and from 3-5 rows on the loop above runs
 // out of arithmetic before memory: it makes one multiply-add per vector of x loaded (its only reuse is the weight
 // vector), on 8-lane vectors. A tile keeps NW weight rows x MR rows of x of accumulators in 512-bit registers
-// (4 x 4: 16 of the 32), so each vector loaded feeds 4 multiply-adds. The weight rows of a block are read from
-// memory once, by the first group of rows of x, which also fetches the next block into cache as it goes (the
-// hardware prefetchers fall behind once the loop does more arithmetic than reading); the later groups find the
-// block in L1/L2 (4 fp32 rows of I = 1024: 16 KB). Products alone, full size, same process: 8 rows 1.5-2.1x the
-// fp32 weights sweep with 4 x 4 tiles, 1.7-2.3x with 2 x 8, 3 x 8 or 4 x 6 tiles (noisy: the VM's bandwidth
-// drifts), 2.2-2.6x with oneDNN, 2.8x with `dots`. In cache (weights in L3) the tiles reach 60-70% of the FMA
-// peak; streaming from memory they keep 25-45% of it (docs/performance.md).
+// (4 x 4: 16 of the 32), so each vector loaded feeds 4 multiply-adds. A block of NW weight rows is read from
+// memory by the first group of rows of x and from L1/L2 by the later groups (4 fp32 rows of I = 1024: 16 KB).
+// Meanwhile every group fetches its share of the next block into L2, spread over its loop (`Fetch`): the
+// hardware prefetchers fall behind once a loop does more arithmetic than reading, and when the first group alone
+// fetched the next block, memory sat idle while the others ran. Products alone, full size, same process, against
+// the weights sweep: 8 rows fp32 1.19-1.28x, bf16 1.13-1.19x with the shares; 1.41-1.50x and 1.75-1.81x with the
+// first group fetching into L1 (docs/performance.md). The tiles reach 60-70% of the FMA peak on weights in cache.
 
 constexpr int TL = 16;  // fp32 lanes of a tile's vectors: one 512-bit register
 typedef float floats16 __attribute__((vector_size(4 * TL)));
@@ -208,10 +210,23 @@ inline V in_register(V v) {
   return v;
 }
 
-// out[n][m] = w[n] . x[m] for NW weight rows and MR rows of x, both I values apart. `ahead`, if not null: the next
-// block of NW weight rows, fetched into cache in step with this one's reading (one line per row per vector).
+// A share of the next block of weight rows to fetch into L2 while a tile runs, spread evenly over its loop:
+// `bytes_per_step` from `next` at each step, up to `end`. Every group of rows of x takes a share, so the memory
+// reads run all through the block.
+struct Fetch {
+  const char* next = nullptr;
+  const char* end = nullptr;
+  int64_t bytes_per_step = 0;
+
+  void step() {
+    for (const char* stop = std::min(end, next + bytes_per_step); next < stop; next += 64)
+      __builtin_prefetch(next, 0, 2);  // a cache line, to L2: read by the tiles of the next block
+  }
+};
+
+// out[n][m] = w[n] . x[m] for NW weight rows and MR rows of x, both I values apart, fetching `fetch` meanwhile.
 template <int NW, int MR, typename W>
-inline void tile(const W* w, const W* x, int64_t I, float (&out)[NW][MR], const W* ahead = nullptr) {
+inline void tile(const W* w, const W* x, int64_t I, float (&out)[NW][MR], Fetch fetch) {
   using V = typename Wide<W>::type;
   constexpr int step = Wide<W>::values, tiles = (NW * MR + TL - 1) / TL;
   floats16 acc[tiles * TL] = {};  // acc[n * MR + m], padded to whole groups of 16 for sum_lanes
@@ -219,8 +234,7 @@ inline void tile(const W* w, const W* x, int64_t I, float (&out)[NW][MR], const 
   for (; i + step <= I; i += step) {
     V wv[NW];
     for (int n = 0; n < NW; ++n) wv[n] = load<V>(w + n * I + i);
-    if (ahead)
-      for (int n = 0; n < NW; ++n) __builtin_prefetch(ahead + n * I + i, 0, 3);  // to L1: read again by later groups
+    fetch.step();
     for (int m = 0; m < MR; ++m) {
       const V xv = in_register(load<V>(x + m * I + i));
       for (int n = 0; n < NW; ++n) acc[n * MR + m] = multiply_add(acc[n * MR + m], wv[n], xv);
@@ -239,28 +253,30 @@ inline void tile(const W* w, const W* x, int64_t I, float (&out)[NW][MR], const 
     }
 }
 
-// finish(m, o + n, x[m] . w[o + n] + b[o + n]) for the NW weight rows from o and the rows m of x from `first`,
-// MR at a time while MR are left; returns the first row left.
-template <int NW, int MR, typename W, typename Finish>
-inline int64_t tile_rows(const W* x, int64_t first, int64_t M, int64_t I, const W* w, const W* b, int64_t o,
-                         Finish& finish, const W* ahead = nullptr) {
-  int64_t m = first;
-  for (; m + MR <= M; m += MR) {
-    float out[NW][MR];
-    tile<NW, MR>(w + o * I, x + m * I, I, out, m == 0 ? ahead : nullptr);  // the first group reads from memory
-    for (int n = 0; n < NW; ++n)
-      for (int k = 0; k < MR; ++k) finish(m + k, o + n, out[n][k] + (b ? to_float(b[o + n]) : 0.f));
-  }
-  return m;
-}
-
-// The NW weight rows from o times every row of x: groups of 4 rows, then 2, 1 for what is left.
+// The block of NW weight rows from o times every row of x, in groups of 4 rows of x, then 2, then 1; `next`
+// (or null): the next block, which the groups fetch in equal shares. The first group reads the block from memory,
+// the others from cache.
 template <int NW, typename W, typename Finish>
 inline void tiles(const W* x, int64_t M, int64_t I, const W* w, const W* b, int64_t o, Finish& finish,
-                  const W* ahead = nullptr) {
-  int64_t m = tile_rows<NW, 4>(x, 0, M, I, w, b, o, finish, ahead);
-  m = tile_rows<NW, 2>(x, m, M, I, w, b, o, finish, ahead);
-  tile_rows<NW, 1>(x, m, M, I, w, b, o, finish, ahead);
+                  const W* next) {
+  const int64_t groups = M / 4 + M % 4 / 2 + M % 2;
+  const int64_t block_bytes = next ? NW * I * int64_t(sizeof(W)) : 0, steps = I / Wide<W>::values;
+  const char* fetched = reinterpret_cast<const char*>(next);
+  int64_t m = 0, group = 0;
+  auto rows = [&](auto rows_per_group) {
+    constexpr int MR = decltype(rows_per_group)::value;
+    for (; m + MR <= M; m += MR, ++group) {
+      Fetch share{fetched + block_bytes * group / groups, fetched + block_bytes * (group + 1) / groups};
+      share.bytes_per_step = steps ? (share.end - share.next + steps - 1) / steps : 0;
+      float out[NW][MR];
+      tile<NW, MR>(w + o * I, x + m * I, I, out, share);
+      for (int n = 0; n < NW; ++n)
+        for (int k = 0; k < MR; ++k) finish(m + k, o + n, out[n][k] + (b ? to_float(b[o + n]) : 0.f));
+    }
+  };
+  rows(std::integral_constant<int, 4>());
+  rows(std::integral_constant<int, 2>());
+  rows(std::integral_constant<int, 1>());
 }
 
 // The weight rows o in [begin, end) in blocks of NW, each block times every row of x.
@@ -269,10 +285,10 @@ inline void tiled_rows(const W* x, int64_t M, int64_t I, const W* w, const W* b,
                        Finish& finish) {
   int64_t o = begin;
   for (; o + NW <= end; o += NW) {
-    const W* next = o + 2 * NW <= end ? w + (o + NW) * I : nullptr;  // the next block, fetched while this one runs
+    const W* next = o + 2 * NW <= end ? w + (o + NW) * I : nullptr;  // fetched while this block runs
     tiles<NW>(x, M, I, w, b, o, finish, next);
   }
-  for (; o < end; ++o) tiles<1>(x, M, I, w, b, o, finish);
+  for (; o < end; ++o) tiles<1>(x, M, I, w, b, o, finish, static_cast<const W*>(nullptr));
 }
 
 // Up to this many rows of x, `dots` (memory-bound: each weight is read once for all rows anyway); more: tiles.
