@@ -78,6 +78,15 @@ def test_gemm_bound_adds_each_shapes_products_at_its_measured_rate():
         bench.gemm_bound_seconds(bounds, 10, "bf16")
 
 
+def test_arithmetic_bound_takes_each_shapes_best_rate_at_any_row_count():
+    """The same shapes: the blocks' best rate is 8 GFLOP/s (measured at 30 rows), the head's 12, whatever `rows`."""
+    bounds = bounds_of({(10, 20): (2, False, {10: 4.0, 30: 8.0}), (30, 20): (1, True, {10: 6.0, 30: 12.0})})
+    for rows in (1, 8, 40):  # outside the measured rows too: the best rate is a ceiling, not a rate at those rows
+        expected = 2 * 2 * rows * 10 * 20 / 8e9 + 2 * rows * 30 * 20 / 12e9
+        assert bench.arithmetic_bound_seconds(bounds, rows, "fp32") == pytest.approx(expected, rel=1e-12)
+    assert bench.arithmetic_bound_seconds(bounds, 8, "bf16") == 0.0  # nothing measured in bf16
+
+
 def test_model_products_are_the_models_own_weights_by_shape():
     """Per token: 4 L (C, C), L (F, C), L (C, F), and the head, which is the embedding table with its own bias."""
     config = dataclasses.replace(PRESETS["xlm-clm-enfr-1024"], vocab_size=97, dim=16, n_layers=3, n_heads=2)
