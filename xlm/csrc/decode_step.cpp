@@ -101,10 +101,12 @@ template <typename W>
 void block(const Step& s, const torch::Tensor* t, float* x, W* k_cache, W* v_cache, const bool* valid) {
   const int64_t B = s.B, C = s.C, D = s.D, S_max = s.S_max;
   std::vector<float> q(B * C), k(B * C), v(B * C), heads(B * C), hidden(B * s.F);
+  std::vector<W> rounded;  // with bf16 weights: each product's input rounded to bf16 (xlm::product_input)
   auto into = [C](float* y) { return [y, C](int64_t m, int64_t o, float value) { y[m * C + o] = value; }; };
-  xlm::gemv(x, B, C, data<W>(t[Q_W]), data<W>(t[Q_B]), C, into(q.data()));
-  xlm::gemv(x, B, C, data<W>(t[K_W]), data<W>(t[K_B]), C, into(k.data()));
-  xlm::gemv(x, B, C, data<W>(t[V_W]), data<W>(t[V_B]), C, into(v.data()));
+  const W* in = xlm::product_input(x, B * C, rounded);  // one input for the three products
+  xlm::gemv(in, B, C, data<W>(t[Q_W]), data<W>(t[Q_B]), C, into(q.data()));
+  xlm::gemv(in, B, C, data<W>(t[K_W]), data<W>(t[K_B]), C, into(k.data()));
+  xlm::gemv(in, B, C, data<W>(t[V_W]), data<W>(t[V_B]), C, into(v.data()));
   at::parallel_for(0, B * s.H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {  // row b, head h: q[b, h*D:(h+1)*D], cache[b, h] (S_max, D)
       const int64_t b = bh / s.H, h = bh % s.H, head = b * C + h * D;
@@ -118,13 +120,14 @@ void block(const Step& s, const torch::Tensor* t, float* x, W* k_cache, W* v_cac
     }
   });
   auto add_to_x = [x, C](int64_t m, int64_t o, float value) { x[m * C + o] += value; };  // the residual
-  xlm::gemv(heads.data(), B, C, data<W>(t[OUT_W]), data<W>(t[OUT_B]), C, add_to_x);
+  xlm::gemv(xlm::product_input(heads.data(), B * C, rounded), B, C, data<W>(t[OUT_W]), data<W>(t[OUT_B]), C,
+            add_to_x);
   for (int64_t b = 0; b < B; ++b) layer_norm(x + b * C, data<W>(t[LN1_W]), data<W>(t[LN1_B]), C, s.eps);
   float* h = hidden.data();
   const int64_t F = s.F;
-  xlm::gemv(x, B, C, data<W>(t[LIN1_W]), data<W>(t[LIN1_B]), F,
+  xlm::gemv(xlm::product_input(x, B * C, rounded), B, C, data<W>(t[LIN1_W]), data<W>(t[LIN1_B]), F,
             [h, F](int64_t m, int64_t o, float value) { h[m * F + o] = gelu(value); });
-  xlm::gemv(h, B, F, data<W>(t[LIN2_W]), data<W>(t[LIN2_B]), C, add_to_x);
+  xlm::gemv(xlm::product_input(h, B * F, rounded), B, F, data<W>(t[LIN2_W]), data<W>(t[LIN2_B]), C, add_to_x);
   for (int64_t b = 0; b < B; ++b) {
     layer_norm(x + b * C, data<W>(t[LN2_W]), data<W>(t[LN2_B]), C, s.eps);
     if (!s.real[b]) std::fill(x + b * C, x + (b + 1) * C, 0.f);  // padding is zeroed after every block
@@ -157,7 +160,8 @@ torch::Tensor step(const Step& s, const int64_t* token, const int64_t* position,
   const int64_t V = weights[0].size(0);
   auto logits = torch::empty({B, V}, torch::kFloat);
   float* out = logits.data_ptr<float>();
-  xlm::gemv(x.data(), B, C, words, data<W>(weights[weights.size() - 1]), V,
+  std::vector<W> rounded;
+  xlm::gemv(xlm::product_input(x.data(), B * C, rounded), B, C, words, data<W>(weights[weights.size() - 1]), V,
             [out, V](int64_t m, int64_t o, float value) { out[m * V + o] = value; });  // tied head + its bias
   return logits;
 }

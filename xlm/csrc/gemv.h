@@ -10,8 +10,8 @@
 //   x (M, I) w's dtype, contiguous      w (O, I) fp32 or bf16, contiguous (nn.Linear's layout, no repacking)
 //   b (O,) w's dtype, or null           finish(m, o, value) receives every x[m] . w[o] + b[o], summed in fp32
 //
-// bf16 weights multiply a bf16 x, as torch's bf16 matmul does: fp32 activations are rounded once per product
-// (`gemv` below). That halves the bytes of x each weight row is multiplied with, and x must stay in L1 while the
+// bf16 weights multiply a bf16 x, as torch's bf16 matmul does: fp32 activations are rounded to bf16 before the
+// product (`product_input` below). That halves the bytes of x each weight row is multiplied with, and x must stay in L1 while the
 // weights stream past it: with x in fp32, the FFN's second product (I = 4096: a 16 KB x per 8 KB weight row)
 // took 1.25-1.9x the time of torch's sum over the same weights, and 1.05-1.1x with x in bf16.
 //
@@ -335,13 +335,14 @@ inline void gemv(const W* x, int64_t M, int64_t I, const W* w, const W* b, int64
   });
 }
 
-// fp32 activations times bf16 weights: x rounded to bf16 once (M * I values), then as above.
-template <typename Finish>
-inline void gemv(const float* x, int64_t M, int64_t I, const uint16_t* w, const uint16_t* b, int64_t O,
-                 Finish&& finish) {
-  std::vector<uint16_t> rounded(M * I);
-  for (int64_t i = 0; i < M * I; ++i) store(x[i], &rounded[i]);
-  gemv(rounded.data(), M, I, w, b, O, finish);
+// x (n fp32 values) as the products with weights of type W take it: fp32 as it is; for bf16 weights rounded to
+// bf16 into `buffer`, as torch's bf16 matmul rounds its fp32 input. One input often feeds several products (q, k
+// and v): it is rounded once.
+inline const float* product_input(const float* x, int64_t, std::vector<float>&) { return x; }
+inline const uint16_t* product_input(const float* x, int64_t n, std::vector<uint16_t>& buffer) {
+  buffer.resize(n);
+  for (int64_t i = 0; i < n; ++i) store(x[i], &buffer[i]);
+  return buffer.data();
 }
 
 }  // namespace xlm
