@@ -53,7 +53,7 @@ def fast_forward(model: XLM, *args, **kwargs):
 # --- The kernels against F.linear in float64 ----------------------------------------------------------------
 
 
-ROWS = [1, 2, 3, 5, 8, 15, 16]  # 1: the streaming loop; more: tiles of 8, 4, 2 and 1 rows (15 = 8 + 4 + 2 + 1)
+ROWS = [1, 2, 3, 5, 8, 15, 16]  # 1 (bf16: 1-2): the streaming loop; more: tiles, x in groups of 4, 2 and 1 rows
 
 
 @pytest.mark.parametrize("rows", ROWS)
@@ -115,7 +115,7 @@ def test_gemv_kernel_in_bf16_accumulates_in_fp32_and_rounds_once(gemv, rows, in_
 def test_linear_equals_f_linear_for_every_route():
     """Rows <= GEMV_MAX_ROWS (kernel), more rows in fp32 (oneDNN, with autograd too), float64 (F.linear)."""
     w, b = torch.randn(48, 40), torch.randn(48)
-    for shape in [(1, 1, 40), (2, 40), (3, 7, 40), (40,)]:
+    for shape in [(1, 1, 40), (2, 40), (4, 3, 40), (3, 7, 40), (40,)]:  # 1, 2, 12 rows: the kernel; 21: oneDNN
         x = torch.randn(shape)
         torch.testing.assert_close(fast.linear(x, w, b), F.linear(x, w, b), rtol=0, atol=TOL)
     x = torch.randn(5, 40, requires_grad=True)
@@ -163,8 +163,7 @@ def test_fast_forward_equals_plain(gemv, plain, causal):
     mask[2, 12:] = False
     langs = torch.tensor([0, 1, 0])
     with torch.no_grad():
-        for rows in (3, 1):  # many rows (oneDNN in fp32) and one (the decoding kernel)
-            width = 17 if rows == 3 else 1
+        for rows, width in ((3, 17), (2, 5), (1, 1)):  # 51 positions (oneDNN in fp32); 10 and 1 (the decoding kernel)
             args = (ids[:rows, :width], langs[:rows])
             kwargs = dict(causal=causal, attention_mask=mask[:rows, :width])
             torch.testing.assert_close(fast_forward(plain, *args, **kwargs), plain(*args, **kwargs), rtol=0, atol=TOL)

@@ -14,9 +14,11 @@ Nearly all of XLM's inference time is its matrix products, and the plain model r
 for fp32, oneDNN for bf16. On CPUs both leave time on the table in two regimes that matter here (measurements
 in docs/performance.md):
 
-- Decoding, 1-2 rows per product: every weight is read once per token, so a step can be no faster than
-  streaming the weights from memory. `F.linear` reaches ~30-60% of that speed; `xlm/csrc/gemv.h`, a plain
-  C++ loop compiled on first use, comes within a few percent of it in fp32 and bf16. What lies between the
+- Decoding, 1-16 rows per product: every weight is read once per token, so a step can be no faster than
+  streaming the weights from memory. `F.linear` reaches ~30-60% of that speed at one row; `xlm/csrc/gemv.h`,
+  plain C++ compiled on first use, comes within a few percent of it in fp32 and bf16, and from 2-3 rows
+  multiplies every row by each weight it reads in register tiles (short forwards and prefills of up to 16
+  rows take it too). What lies between the
   products (~150 small operations per step) then costs 10-20% more as PyTorch calls, so a whole decoding
   step of up to 16 rows is one C++ call too, `xlm/csrc/decode_step.cpp` (`fused_decode_one`): a second
   implementation of the model's forward pass for one token, held equal to xlm/model.py by
@@ -57,7 +59,10 @@ from xlm.errors import InputError
 from xlm.generation import Decoder, decode_one, prefill
 from xlm.model import XLM, KVCache
 
-GEMV_MAX_ROWS = 2  # up to this many rows, the streaming kernel; at 3-4 rows oneDNN is within 10% (measured)
+# Up to this many rows, the decoding kernel (gemv.h: each weight read once for all rows). A 1 x 16 forward under
+# `kernels()`: fp32 42 ms against 58 with oneDNN from 3 rows, bf16 25 against 43 with torch's matmul; at 24-32
+# rows fp32 the two kernels are even (docs/performance.md). 16 is also the fused step's limit, FUSED_MAX_ROWS.
+GEMV_MAX_ROWS = 16
 # bf16 from this many rows: oneDNN's linear, which adds the bias inside the kernel; torch's bf16 matmul (F.linear)
 # first copies the bias into every output row (~40 ms for the 8 x 128 head's logits). Below it the two are within
 # a few percent of each other, torch's ahead at 8-16 rows (docs/performance.md, Bounds).
@@ -140,7 +145,7 @@ def _cpu_model() -> str:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear(x, weight, bias)` on the fastest kernel for its shape: x (..., I), weight (O, I) -> (..., O).
 
-    CPU, fp32/bf16, no autograd: at most GEMV_MAX_ROWS rows -> the streaming kernel (once `gemv_kernel()` has
+    CPU, fp32/bf16, no autograd: at most GEMV_MAX_ROWS rows -> the decoding kernel (once `gemv_kernel()` has
     built it: `kernels()` and `FastDecoder` do); more rows in fp32, or ONEDNN_BF16_MIN_ROWS and more in bf16 ->
     oneDNN's linear. With autograd: `training_linear`. Everything else -> F.linear.
     """

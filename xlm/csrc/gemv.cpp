@@ -1,5 +1,5 @@
 // torch.ops.xlm.gemv(x, w, b) = x @ w.T + b for a few rows of x: the decoding kernel of gemv.h as an operator,
-// which xlm/fast.py's `linear` calls for products of 1-2 rows, eagerly and from torch.compile'd code.
+// which xlm/fast.py's `linear` calls for products of 1-16 rows, eagerly and from torch.compile'd code.
 //
 //   x (M, I) fp32 or bf16, contiguous      w (O, I) same dtype, contiguous      b (O,) same dtype, or None
 //   -> y (M, O) in that dtype; products and sums in fp32, rounded once

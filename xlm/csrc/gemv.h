@@ -5,7 +5,7 @@
 // or 2 (bf16) read per multiply-add, so a step costs the time it takes to stream the weights from memory once.
 // BLAS GEMM kernels are built for many rows and leave bandwidth unused here (measured in docs/performance.md);
 // `dots` streams each weight row once, front to back, and keeps the activation rows in L1. With more rows the
-// arithmetic grows R-fold for the same bytes, and from 3-5 rows on `tile` (register tiles) takes over.
+// arithmetic grows R-fold for the same bytes, and from 2-3 rows on `tile` (register tiles) takes over.
 //
 //   x (M, I) w's dtype, contiguous      w (O, I) fp32 or bf16, contiguous (nn.Linear's layout, no repacking)
 //   b (O,) w's dtype, or null           finish(m, o, value) receives every x[m] . w[o] + b[o], summed in fp32
@@ -73,7 +73,7 @@ inline float sum_lanes(floats v) {  // a tree: log2(VL) vector additions, not VL
 constexpr int AHEAD = 256;
 inline void prefetch_once(const void* p) { __builtin_prefetch(static_cast<const char*>(p) + AHEAD, 0, 0); }
 
-// Dot products of one fp32 weight row with MB (1, 2 or 4) rows of x: the weight row is read once for all of
+// Dot products of one fp32 weight row with MB (1 or 2) rows of x: the weight row is read once for all of
 // them. Each row keeps two partial sums, so two multiply-adds per row are in flight, not one waiting on the last.
 template <int MB>
 inline void dots(const float* row, const float* x, int64_t I, float* out) {
@@ -292,38 +292,28 @@ inline void tiled_rows(const W* x, int64_t M, int64_t I, const W* w, const W* b,
 }
 
 // Up to this many rows of x, `dots` (memory-bound: each weight is read once for all rows anyway); more: tiles.
-// In the fused step (same process, slow memory state): fp32 4 rows 1.94x the sweep with `dots`, 1.66x in tiles;
-// bf16 4 rows 1.34x with `dots` (bf16 weights are half the bytes: the loop is still near the memory bound),
-// 1.72x in tiles. Products alone: fp32 2 rows 1.22x with `dots`, 1.42x in tiles.
+// Products alone, the 37 of a step (docs/performance.md): fp32 2 rows 0.98-1.06x the weights sweep in tiles,
+// 1.06-1.15x with `dots`; bf16 2 rows 1.02-1.20x with `dots`, 1.05-1.24x in tiles; bf16 3 rows 1.43-2.03x with
+// `dots`, 1.13-1.38x in tiles.
 template <typename W>
-constexpr int64_t streamed_max_rows = 2;
+constexpr int64_t streamed_max_rows = 1;
 template <>
-constexpr int64_t streamed_max_rows<uint16_t> = 4;
+constexpr int64_t streamed_max_rows<uint16_t> = 2;
 constexpr int TILE_WEIGHT_ROWS = 4;  // NW; against 1 x 8, 2 x 4, 2 x 8, 3 x 8, 4 x 6: docs/performance.md
 
 // finish(m, o, x[m] . w[o] + b[o]) for the weight rows o in [begin, end), each streamed once for all rows of x.
 template <typename W, typename Finish>
 inline void gemv_rows(const W* x, int64_t M, int64_t I, const W* w, const W* b, int64_t begin, int64_t end,
                       Finish&& finish) {
+  static_assert(streamed_max_rows<W> <= 2, "the streaming loop below takes 1 or 2 rows");
   if (M > streamed_max_rows<W>) return tiled_rows<TILE_WEIGHT_ROWS>(x, M, I, w, b, begin, end, finish);
-  float out[4];
+  float out[2];
   for (int64_t o = begin; o < end; ++o) {
     const W* row = w + o * I;
     const float bias = b ? to_float(b[o]) : 0.f;
-    if (M == 1) {  // decoding one row: the case to be fast
-      dots<1>(row, x, I, out);
-      finish(0, o, out[0] + bias);
-      continue;
-    }
-    for (int64_t m = 0; m < M;) {
-      const int64_t left = M - m;
-      const int mb = left >= 4 ? 4 : (left >= 2 ? 2 : 1);
-      if (mb == 4) dots<4>(row, x + m * I, I, out);
-      else if (mb == 2) dots<2>(row, x + m * I, I, out);
-      else dots<1>(row, x + m * I, I, out);
-      for (int k = 0; k < mb; ++k) finish(m + k, o, out[k] + bias);
-      m += mb;
-    }
+    if (M == 1) dots<1>(row, x, I, out);  // decoding one row: the case to be fast
+    else dots<2>(row, x, I, out);
+    for (int m = 0; m < M; ++m) finish(m, o, out[m] + bias);
   }
 }
 
