@@ -11,9 +11,9 @@
 //   b (O,) w's dtype, or null           finish(m, o, value) receives every x[m] . w[o] + b[o], summed in fp32
 //
 // bf16 weights multiply a bf16 x, as torch's bf16 matmul does: fp32 activations are rounded to bf16 before the
-// product (`product_input` below). That halves the bytes of x each weight row is multiplied with, and x must stay in L1 while the
-// weights stream past it: with x in fp32, the FFN's second product (I = 4096: a 16 KB x per 8 KB weight row)
-// took 1.25-1.9x the time of torch's sum over the same weights, and 1.05-1.1x with x in bf16.
+// product (`product_input` below). That halves the bytes of x each weight row is multiplied with, and x must stay
+// in L1 while the weights stream past it: with x in fp32, the FFN's second product (I = 4096: a 16 KB x per 8 KB
+// weight row) took 1.25-1.9x the time of torch's sum over the same weights, and 1.05-1.1x with x in bf16.
 //
 // Plain C++ with the GCC/Clang vector extension, built with -O3 -march=native by xlm/fast.py; output rows are
 // split across torch's intra-op threads (at::parallel_for).
@@ -22,8 +22,8 @@
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -121,7 +121,7 @@ inline void dots(const uint16_t* row, const uint16_t* x, int64_t I, float* out) 
 
 // --- Several rows: register tiles ------------------------------------------------------------------------
 //
-// With R rows of x, each weight read from memory feeds R multiply-adds, and from 3-5 rows on the loop above runs
+// With R rows of x, each weight read from memory feeds R multiply-adds, and from 2-3 rows on the loop above runs
 // out of arithmetic before memory: it makes one multiply-add per vector of x loaded (its only reuse is the weight
 // vector), on 8-lane vectors. A tile keeps NW weight rows x MR rows of x of accumulators in 512-bit registers
 // (4 x 4: 16 of the 32), so each vector loaded feeds 4 multiply-adds. A block of NW weight rows is read from
@@ -130,7 +130,7 @@ inline void dots(const uint16_t* row, const uint16_t* x, int64_t I, float* out) 
 // hardware prefetchers fall behind once a loop does more arithmetic than reading, and when the first group alone
 // fetched the next block, memory sat idle while the others ran. Products alone, full size, same process, against
 // the weights sweep: 8 rows fp32 1.19-1.28x, bf16 1.13-1.19x with the shares; 1.41-1.50x and 1.75-1.81x with the
-// first group fetching into L1 (docs/performance.md). The tiles reach 60-70% of the FMA peak on weights in cache.
+// first group fetching into L1 (docs/performance.md). On weights in cache the tiles reach 77-84% of the FMA peak.
 
 constexpr int TL = 16;  // fp32 lanes of a tile's vectors: one 512-bit register
 typedef float floats16 __attribute__((vector_size(4 * TL)));
