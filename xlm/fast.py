@@ -18,11 +18,10 @@ in docs/performance.md):
   streaming the weights from memory. `F.linear` reaches ~30-60% of that speed at one row; `xlm/csrc/gemv.h`,
   plain C++ compiled on first use, comes within a few percent of it in fp32 and bf16, and from 2-3 rows
   multiplies every row by each weight it reads in register tiles (short forwards and prefills of up to 16
-  rows take it too). What lies between the
-  products (~150 small operations per step) then costs 10-20% more as PyTorch calls, so a whole decoding
-  step of up to 16 rows is one C++ call too, `xlm/csrc/decode_step.cpp` (`fused_decode_one`): a second
-  implementation of the model's forward pass for one token, held equal to xlm/model.py by
-  tests/test_fast.py (`test_fused_step_equals_decode_one_and_updates_the_cache_alike`).
+  rows take it too). What lies between the products (~150 small operations per step) then costs 10-20% more
+  as PyTorch calls, so a whole decoding step of up to 16 rows is one C++ call too, `xlm/csrc/decode_step.cpp`
+  (`fused_decode_one`): a second implementation of the model's forward pass for one token, held equal to
+  xlm/model.py by tests/test_fast.py (`test_fused_step_equals_decode_one_and_updates_the_cache_alike`).
 - fp32 with many rows (a forward, scoring, prefill): MKL's fp32 GEMM runs at a fraction of oneDNN's speed on
   AMD CPUs (MKL takes slower code paths on non-Intel CPUs); oneDNN's matmul on the *same* weight tensors,
   `torch.ops.mkldnn._linear_pointwise` (what torch.compile's CPU backend calls), is 1.3-1.8x faster.
