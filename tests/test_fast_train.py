@@ -87,18 +87,37 @@ def test_fast_fp32_step_is_as_exact_as_the_plain_step(models, objective, chunk):
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_fast_bf16_step_is_as_exact_as_the_plain_bf16_step(models, objective):
+@pytest.mark.parametrize("scratch", [False, True], ids=["fresh-temporaries", "scratch"])
+def test_fast_bf16_step_is_as_exact_as_the_plain_bf16_step(models, objective, scratch):
     model, exact_model = models
     batch = batch_for(objective, CONFIG.vocab_size)
     exact_loss, exact = step_gradients(exact_model, objective, batch, fast_step=False)
     plain_loss, plain = step_gradients(model, objective, batch, fast_step=False, amp=torch.bfloat16)
-    fast_loss, ours = step_gradients(model, objective, batch, fast_step=True, amp=torch.bfloat16, chunk=7)
+    head = {"chunk": 7, "scratch": fast.Scratch() if scratch else None}
+    fast_loss, ours = step_gradients(model, objective, batch, fast_step=True, amp=torch.bfloat16, **head)
     # The loss: the logits are rounded to bf16 in both (autocast's product), then the same fp32 cross-entropy.
     assert abs(fast_loss - exact_loss) <= 2 * abs(plain_loss - exact_loss) + 1e-6 * abs(exact_loss)
     plain_error, fast_error = errors(plain, exact), errors(ours, exact)
     for name, grad in exact.items():
         assert fast_error[name] <= 2 * plain_error[name] + 2**-9 * 1e-2 * grad.norm().item(), name
     assert max(fast_error[name] / max(exact[name].norm().item(), 1e-3) for name in exact) > 1e-5  # bf16 did round
+
+
+def test_a_scratch_keeps_its_memory_across_steps_and_changes_no_result(models):
+    """Two bf16 steps on different batches with one Scratch: the second reuses the first's buffers, which still
+    hold the first step's values, and computes exactly what it computes with fresh temporaries (the same
+    kernels on the same operands). The chunks of 7 end on a shorter one, which takes the front of each buffer."""
+    model, _ = models
+    scratch, bf16 = fast.Scratch(), {"amp": torch.bfloat16, "chunk": 7}
+    step_gradients(model, "clm", stream_batch(CONFIG.vocab_size, seed=1), fast_step=True, scratch=scratch, **bf16)
+    memory = {name: buffer.data_ptr() for name, buffer in scratch._buffers.items()}
+    assert set(memory) == {"table", "logits", "logits32", "grad_weight"}
+    batch = stream_batch(CONFIG.vocab_size, seed=2)
+    loss, grads = step_gradients(model, "clm", batch, fast_step=True, scratch=scratch, **bf16)
+    assert {name: buffer.data_ptr() for name, buffer in scratch._buffers.items()} == memory
+    fresh_loss, fresh = step_gradients(model, "clm", batch, fast_step=True, **bf16)
+    assert loss == fresh_loss
+    assert all(torch.equal(grads[name], fresh[name]) for name in fresh)
 
 
 def test_every_product_of_a_fast_step_runs_where_fast_says(models):

@@ -422,7 +422,39 @@ def _fusable(model: XLM, weights: list[Tensor], token: Tensor, cache: KVCache) -
 HEAD_CHUNK = 1024  # positions per chunk: (1024, V) fp32 logits, 263 MB at V = 64,139 (all 2040 of a CLM batch: 523)
 
 
-def summed_head_cross_entropy(model: XLM, h: Tensor, targets: Tensor, *, chunk: int = HEAD_CHUNK) -> tuple[Tensor, int]:
+class Scratch:
+    """Buffers that keep their memory from one call to the next, by name: for the big temporaries of
+    `summed_head_cross_entropy` under bf16 autocast.
+
+    There a step makes ~650 MB of them: the embeddings in bf16, each chunk's logits in bf16 and in fp32, the bf16
+    product of the embeddings' gradient. Each fresh one costs its page faults (a block this big goes back to the
+    system when freed): 0.37 s of a 2.9 s bf16 head on the bench machine (docs/performance.md). With one Scratch
+    for a run (the trainer's `--fast` path keeps one) they are allocated once; between steps they stay held.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor: the memory of this name's last one, if it is big enough (else new memory)."""
+        size = 1
+        for n in shape:
+            size *= n
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.device != device or buffer.numel() < size:
+            buffer = self._buffers[name] = torch.empty(size, dtype=dtype, device=device)
+        return buffer[:size].view(shape)
+
+
+def _take(scratch: Scratch | None, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype) -> Tensor:
+    if scratch is None:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    return scratch.take(name, shape, dtype, like.device)
+
+
+def summed_head_cross_entropy(
+    model: XLM, h: Tensor, targets: Tensor, *, chunk: int = HEAD_CHUNK, scratch: Scratch | None = None
+) -> tuple[Tensor, int]:
     """`objectives.summed_cross_entropy(model.logits(h), targets)` without ever holding all the logits.
 
     h (P, C): the hidden states of the predicted positions; targets (P,) -> (summed loss, a float64 scalar; P).
@@ -432,20 +464,21 @@ def summed_head_cross_entropy(model: XLM, h: Tensor, targets: Tensor, *, chunk: 
     the summed loss w.r.t. the logits, and two products turn it into the gradients w.r.t. h and the tied
     embeddings; backward only scales them by the incoming gradient (the loss is a sum). The same math as the
     plain path (fp32 sums in another order). Under bf16 autocast the products run in bf16 as autocast's would
-    (the logits rounded to bf16, then the loss in fp32), and the gradients of the chunks add up in fp32.
+    (the logits rounded to bf16, then the loss in fp32), and the gradients of the chunks add up in fp32; a
+    `scratch` keeps the memory of the bf16 path's big temporaries from one call to the next (`Scratch`).
     """
     weight, bias = model.embeddings.weight, model.output_bias
     with_grads = torch.is_grad_enabled() and any(t.requires_grad for t in (h, weight, bias))
     dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
-    summed = _HeadCrossEntropy.apply(h, weight, bias, targets, chunk, dtype, with_grads)
+    summed = _HeadCrossEntropy.apply(h, weight, bias, targets, chunk, dtype, with_grads, scratch)
     return summed, targets.numel()
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, chunk: int, dtype: torch.dtype, with_grads: bool) -> Tensor:
+    def forward(ctx, h, weight, bias, targets, chunk: int, dtype: torch.dtype, with_grads: bool, scratch) -> Tensor:
         with torch.autocast(h.device.type, enabled=False):
-            losses, grads = _head_losses_and_grads(h, weight, bias, targets, chunk, dtype, with_grads)
+            losses, grads = _head_losses_and_grads(h, weight, bias, targets, chunk, dtype, with_grads, scratch)
         ctx.grads = grads
         return losses.double().sum()  # as summed_cross_entropy: fp32 losses, added up in float64
 
@@ -456,29 +489,49 @@ class _HeadCrossEntropy(torch.autograd.Function):
         scale = grad_summed.float()  # what the plain path's `.double()` passes back to the fp32 losses
         grad_h, grad_weight, grad_bias = (g.mul_(scale) for g in ctx.grads)
         ctx.grads = None
-        return grad_h, grad_weight, grad_bias, None, None, None, None
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _head_losses_and_grads(
-    h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, chunk: int, dtype: torch.dtype, with_grads: bool
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    targets: Tensor,
+    chunk: int,
+    dtype: torch.dtype,
+    with_grads: bool,
+    scratch: Scratch | None,
 ) -> tuple[Tensor, list[Tensor] | None]:
     """Per-position losses (P,) fp32, and the gradients of their sum w.r.t. h (P, C), weight (V, C), bias (V,)."""
-    P = h.size(0)
-    rows, table = h.to(dtype), weight.to(dtype)  # the products' operands (bf16 copies under bf16 autocast)
+    P, (V, C) = h.size(0), weight.shape
+    if dtype == torch.float32:
+        rows, table, table_bias = h, weight, bias
+    else:  # the products' operands in bf16, as autocast would make them
+        rows, table_bias = h.to(dtype), bias.to(dtype)
+        table = _take(scratch, "table", (V, C), h, dtype).copy_(weight)
     losses = torch.empty(P, dtype=torch.float32, device=h.device)
     grads = [torch.empty_like(h, dtype=torch.float32), None, torch.zeros_like(bias, dtype=torch.float32)]
     for start in range(0, P, chunk):
         part, wanted = rows[start : start + chunk], targets[start : start + chunk]  # (c, C), (c,)
-        logits = times_transposed(part, table, "onednn", bias.to(dtype)).float()  # (c, V)
+        if dtype == torch.float32:
+            logits = rounded = times_transposed(part, table, "onednn", table_bias)  # (c, V)
+        else:  # bf16 logits, then fp32 for the loss
+            rounded = torch.addmm(table_bias, part, table.t(), out=_take(scratch, "logits", (len(part), V), h, dtype))
+            logits = _take(scratch, "logits32", (len(part), V), h, torch.float32).copy_(rounded)
         softmax, losses[start : start + chunk] = _softmax_and_losses(logits, wanted)
         if not with_grads:
             continue
         grad_logits = softmax  # (c, V), in place of the logits
         grad_logits[torch.arange(len(wanted), device=h.device), wanted] -= 1.0  # minus the one-hot
         grads[2].add_(grad_logits.sum(0))
-        grad_logits = grad_logits.to(dtype)
-        grads[0][start : start + chunk] = times_transposed(grad_logits, table.t(), GRAD_INPUT_KERNEL)  # (c, C)
-        grads[1] = _add_grad_weight(grads[1], grad_logits, part)
+        if dtype == torch.float32:
+            grads[0][start : start + chunk] = times_transposed(grad_logits, table.t(), GRAD_INPUT_KERNEL)  # (c, C)
+            grads[1] = _add_grad_weight(grads[1], grad_logits, part)
+        else:  # in bf16, into the bf16 logits' memory
+            grad_logits = rounded.copy_(grad_logits)
+            grads[0][start : start + chunk] = grad_logits @ table  # (c, V) x (V, C)
+            product = torch.mm(grad_logits.t(), part, out=_take(scratch, "grad_weight", (V, C), h, dtype))
+            grads[1] = product.float() if grads[1] is None else grads[1].add_(product)
     return losses, grads if with_grads else None
 
 
@@ -497,13 +550,14 @@ def _softmax_and_losses(logits: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]
 
 
 def _add_grad_weight(total: Tensor | None, grad_logits: Tensor, part: Tensor) -> Tensor:
-    """total (V, C) fp32 + grad_logits.T (V, c) @ part (c, C): the chunks' sum of the embeddings' gradient (the first
-    chunk's product is the sum so far: nothing to zero). On MKL for fp32 (see `grad_weight_kernel`), added in place."""
-    on_mkl = grad_logits.dtype == torch.float32 and grad_weight_kernel(grad_logits.size(1), part.size(1)) == "mkl"
+    """total (V, C) fp32 + grad_logits.T (V, c) @ part (c, C), all fp32: the chunks' sum of the embeddings'
+    gradient (the first chunk's product is the sum so far: nothing to zero), on the kernel `grad_weight_kernel`
+    picks, added in place."""
+    on_mkl = grad_weight_kernel(grad_logits.size(1), part.size(1)) == "mkl"
     if on_mkl and total is not None:
         return total.addmm_(grad_logits.t(), part)
     product = times_transposed(grad_logits.t(), part.t(), "mkl" if on_mkl else "onednn")
-    return product.float() if total is None else total.add_(product)
+    return product if total is None else total.add_(product)
 
 
 __all__ = [
@@ -515,6 +569,7 @@ __all__ = [
     "ONEDNN_BF16_MIN_ROWS",
     "FastDecoder",
     "FastKernels",
+    "Scratch",
     "align_weights",
     "fused_decode_one",
     "gemv_kernel",

@@ -272,6 +272,10 @@ class Objectives(nn.Module):
         super().__init__()
         self.model = model
         self.fast = fast  # the head and its cross-entropy fused, chunk by chunk (xlm.fast.summed_head_cross_entropy)
+        if fast:
+            from xlm.fast import Scratch
+
+            self.head_scratch = Scratch()  # the fused head's big temporaries, allocated once for the run
 
     def forward(self, objective: str, batch: data.TrainBatch) -> tuple[Tensor, int]:
         """batch: this process's rows; for MLM/TLM masked already (labels set), on the global batch."""
@@ -279,7 +283,7 @@ class Objectives(nn.Module):
             from xlm.fast import summed_head_cross_entropy
 
             states = objectives.clm_states if objective == "clm" else objectives.mlm_states
-            return summed_head_cross_entropy(self.model, *states(self.model, batch))
+            return summed_head_cross_entropy(self.model, *states(self.model, batch), scratch=self.head_scratch)
         if objective == "clm":
             return objectives.clm_loss(self.model, batch)
         return objectives.mlm_loss(self.model, batch)
