@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,19 +83,42 @@ def test_gemv_kernel_reads_weights_at_any_alignment(gemv, offset):
     torch.testing.assert_close(gemv.gemv(x, w, None).double(), exact, rtol=0, atol=2e-6 * 1024**0.5)
 
 
-def test_align_weights_moves_only_misaligned_parameters_and_keeps_their_values(plain):
-    model = copy.deepcopy(plain)
+def test_align_weights_puts_every_weight_on_a_page_of_one_huge_page_block_with_its_values():
+    model = seeded_model(dataclasses.replace(CONFIG, vocab_size=8192, dim=128))  # 4 MB of embeddings: 2 huge pages
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    aligned = model.embeddings.weight.data_ptr()
     with torch.no_grad():
         misaligned = torch.empty(model.output_bias.numel() + 3)[3:]
         misaligned.copy_(model.output_bias)
-        model.output_bias.data = misaligned  # 12 bytes past the allocator's alignment
-    assert fast.align_weights(model) == 1
-    assert model.output_bias.data_ptr() % fast.WEIGHT_ALIGNMENT == 0
-    assert model.embeddings.weight.data_ptr() == aligned  # already aligned: not copied
+        model.output_bias.data = misaligned  # 12 bytes past the allocator's alignment, as a memory-mapped file's
+    params = list(model.parameters())
+    assert fast.align_weights(model) == len(params)
+    starts = sorted(p.data_ptr() for p in params)
+    assert starts[0] % fast.HUGE_PAGE == 0 and all(start % 4096 == 0 for start in starts)
+    ends = sorted(p.data_ptr() + p.nbytes for p in params)
+    assert all(end <= start for end, start in zip(ends[:-1], starts[1:], strict=True))  # no overlaps
+    assert ends[-1] - starts[0] < sum(p.nbytes for p in params) + 4096 * len(params)
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
+    if transparent_huge_pages_on():  # the kernel was asked for huge pages, and takes the block as eligible
+        assert smaps_field(starts[0], "THPeligible") == 1
+
+
+def transparent_huge_pages_on() -> bool:
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return setting.exists() and "[never]" not in setting.read_text()
+
+
+def smaps_field(address: int, field: str) -> int:
+    """`field` of the memory mapping of this process that holds `address` (/proc/self/smaps)."""
+    mapping = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and not head.endswith(":"):
+            low, high = (int(part, 16) for part in head.split("-"))
+            mapping = low <= address < high
+        elif mapping and line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
 
 
 @pytest.mark.parametrize("rows", ROWS)
