@@ -26,9 +26,9 @@ in docs/performance.md):
   AMD CPUs (MKL takes slower code paths on non-Intel CPUs); oneDNN's matmul on the *same* weight tensors,
   `torch.ops.mkldnn._linear_pointwise` (what torch.compile's CPU backend calls), is 1.3-1.8x faster.
 
-No weight is transposed or repacked. Decoding streams every weight once per step, 10-25% faster from 2 MB pages
-than from 4 KB ones: `align_weights(model)` copies the weights into one block of memory advised for transparent
-huge pages (same values; `xlm --fast` does it).
+No weight is transposed or repacked. Decoding streams every weight once per step, mostly faster from 2 MB pages
+than from 4 KB ones (5-24% in docs/performance.md): `align_weights(model)` copies the weights into one block of
+memory advised for transparent huge pages (same values; `xlm --fast` does it).
 Results equal the plain model's within float rounding (another summation order: ~1e-6 relative, tested at 1e-5
 on logits and on generated tokens). On CUDA and other devices, or where neither kernel is available, `linear` is
 `F.linear`: cuBLAS is already good at this.
@@ -326,13 +326,13 @@ def align_weights(model: XLM) -> int:
 
     A decoding step streams every weight once, and on 4 KB pages that is a TLB miss every 4 KB: 138,000 page
     walks per fp32 step (nested ones in a VM), and the hardware prefetchers stop at each page's end. On 2 MB
-    pages, in one process, the same fused steps (docs/performance.md): batch 1 fp32 15.1 -> 11.5 ms, 8 rows fp32
-    25.6 -> 22.9 ms, bf16 13.5 -> 11.1 ms. It also aligns memory-mapped weights: a safetensors file puts tensors
-    wherever its header ends (the xlm-clm-enfr-1024 file written by transformers: 28 bytes past a cache line),
-    and half of the decoding kernel's loads then straddle two cache lines (1.02-1.10x the weights sweep against
-    0.98-1.01x). Where there are no transparent huge pages (not Linux, or switched off) the block is only
-    aligned. The copy is one read of the weights; memory-mapped pages are released with the last tensor that
-    uses them.
+    pages the same fused steps took 5-24% less time, taking turns in one process (docs/performance.md: batch 1
+    fp32 15.1 -> 11.5 ms, 8 rows bf16 13.5 -> 11.1 ms). It also aligns memory-mapped weights: a safetensors
+    file puts tensors wherever its header ends (the xlm-clm-enfr-1024 file written by transformers: 28 bytes
+    past a cache line), and half of the decoding kernel's loads then straddle two cache lines (1.02-1.10x the
+    weights sweep against 0.98-1.01x). Where there are no transparent huge pages (not Linux, or switched off)
+    the block is only aligned. The copy is one read of the weights (0.7 s for fp32); memory-mapped pages are
+    released with the last tensor that uses them.
     """
     params = [p for p in model.parameters() if p.device.type == "cpu"]  # (a tied weight once)
     offsets, size = [], 0
