@@ -496,7 +496,7 @@ def test_optimized_full_size_model_equals_plain(full_size_checkpoint):
     products' tiles on the real widths)."""
     plain = load_pretrained(full_size_checkpoint)
     aligned = load_pretrained(full_size_checkpoint)
-    fast.align_weights(aligned)  # as `xlm --fast` does: the same values in 64-byte aligned memory
+    fast.align_weights(aligned)  # as `xlm --fast` does: the same values, on huge pages
     decoder = fused_only()  # every step in the fused call
     ids = random_ids(plain.config.vocab_size, (8, 24))
     with torch.no_grad():
