@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import math
 import mmap
 import platform
 import sys
@@ -461,19 +462,20 @@ class Scratch:
 
     def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
         """An uninitialised tensor: the memory of this name's last one, if it is big enough (else new memory)."""
-        size = 1
-        for n in shape:
-            size *= n
+        size = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.dtype != dtype or buffer.device != device or buffer.numel() < size:
             buffer = self._buffers[name] = torch.empty(size, dtype=dtype, device=device)
         return buffer[:size].view(shape)
 
 
-def _take(scratch: Scratch | None, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype) -> Tensor:
+def _take(
+    scratch: Scratch | None, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """`scratch.take(...)`, or fresh memory without a scratch."""
     if scratch is None:
-        return torch.empty(shape, dtype=dtype, device=like.device)
-    return scratch.take(name, shape, dtype, like.device)
+        return torch.empty(shape, dtype=dtype, device=device)
+    return scratch.take(name, shape, dtype, device)
 
 
 def summed_head_cross_entropy(
@@ -532,16 +534,17 @@ def _head_losses_and_grads(
         rows, table, table_bias = h, weight, bias
     else:  # the products' operands in bf16, as autocast would make them
         rows, table_bias = h.to(dtype), bias.to(dtype)
-        table = _take(scratch, "table", (V, C), h, dtype).copy_(weight)
+        table = _take(scratch, "table", (V, C), dtype, h.device).copy_(weight)
     losses = torch.empty(P, dtype=torch.float32, device=h.device)
     grads = [torch.empty_like(h, dtype=torch.float32), None, torch.zeros_like(bias, dtype=torch.float32)]
     for start in range(0, P, chunk):
         part, wanted = rows[start : start + chunk], targets[start : start + chunk]  # (c, C), (c,)
         if dtype == torch.float32:
-            logits = rounded = times_transposed(part, table, "onednn", table_bias)  # (c, V)
+            logits = times_transposed(part, table, "onednn", table_bias)  # (c, V)
         else:  # bf16 logits, then fp32 for the loss
-            rounded = torch.addmm(table_bias, part, table.t(), out=_take(scratch, "logits", (len(part), V), h, dtype))
-            logits = _take(scratch, "logits32", (len(part), V), h, torch.float32).copy_(rounded)
+            shape = (len(part), V)
+            rounded = torch.addmm(table_bias, part, table.t(), out=_take(scratch, "logits", shape, dtype, h.device))
+            logits = _take(scratch, "logits32", shape, torch.float32, h.device).copy_(rounded)
         softmax, losses[start : start + chunk] = _softmax_and_losses(logits, wanted)
         if not with_grads:
             continue
@@ -554,7 +557,7 @@ def _head_losses_and_grads(
         else:  # in bf16, into the bf16 logits' memory
             grad_logits = rounded.copy_(grad_logits)
             grads[0][start : start + chunk] = grad_logits @ table  # (c, V) x (V, C)
-            product = torch.mm(grad_logits.t(), part, out=_take(scratch, "grad_weight", (V, C), h, dtype))
+            product = torch.mm(grad_logits.t(), part, out=_take(scratch, "grad_weight", (V, C), dtype, h.device))
             grads[1] = product.float() if grads[1] is None else grads[1].add_(product)
     return losses, grads if with_grads else None
 
