@@ -130,7 +130,8 @@ inline void dots(const uint16_t* row, const uint16_t* x, int64_t I, float* out) 
 // hardware prefetchers fall behind once a loop does more arithmetic than reading, and when the first group alone
 // fetched the next block, memory sat idle while the others ran. Products alone, full size, same process, against
 // the weights sweep: 8 rows fp32 1.19-1.28x, bf16 1.13-1.19x with the shares; 1.41-1.50x and 1.75-1.81x with the
-// first group fetching into L1 (docs/performance.md). On weights in cache the tiles reach 77-84% of the FMA peak.
+// first group fetching into L1 (docs/performance.md). On weights in cache the tiles reach 77-87% of the FMA peak
+// at I = 1024, but only ~47% at I = 4096 (the FFN's second product), for a reason not found yet.
 
 constexpr int TL = 16;  // fp32 lanes of a tile's vectors: one 512-bit register
 typedef float floats16 __attribute__((vector_size(4 * TL)));
