@@ -51,3 +51,43 @@ def test_torchrun_scoring_equals_one_process_exactly(corpus):
     assert single["sentences"] == 61 and len(single["sentence_logprobs"]) == len(single["sentence_tokens"]) == 61
     assert sum(single["sentence_tokens"]) == single["tokens"]
     assert two == single  # every per-line log-prob and token count, in input order, and the totals: bit for bit
+
+
+# --- How a torchrun process ends ------------------------------------------------------------------------------
+
+
+def test_end_process_flushes_and_skips_the_interpreters_shutdown():
+    """What is printed comes out, the status is the one given, and no shutdown work runs (an atexit handler stands
+    for it: the interpreter's shutdown is where gloo's threads abort a process)."""
+    code = (
+        "import atexit, sys\n"
+        "from xlm.distributed import end_process\n"
+        "atexit.register(lambda: print('shutdown ran'))\n"
+        "print('to stdout', end='')\n"
+        "print('to stderr', end='', file=sys.stderr)\n"
+        "end_process(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "to stdout", "to stderr")
+
+
+@pytest.mark.parametrize("world", [None, "1", "2"])
+def test_the_xlm_command_ends_through_end_process_under_torchrun_only(monkeypatch, world):
+    from xlm import cli, distributed
+
+    class Ended(Exception):
+        pass
+
+    def end_process(code: int) -> None:
+        raise Ended(code)
+
+    monkeypatch.setattr(cli, "main", lambda: 5)
+    monkeypatch.setattr(distributed, "end_process", end_process)
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    with pytest.raises(Ended if world == "2" else SystemExit) as ended:
+        cli.command()
+    assert ended.value.args == (5,)

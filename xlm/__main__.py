@@ -1,5 +1,5 @@
 """`python -m xlm ...`: the `xlm` command (xlm/cli.py)."""
 
-from xlm.cli import main
+from xlm.cli import command
 
-raise SystemExit(main())
+command()

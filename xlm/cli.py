@@ -28,6 +28,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -425,6 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         return module.main(argv[1:], prog=f"xlm {argv[0]}")
     args = build_parser().parse_args(argv)
     return run_tool(f"xlm {args.verb}", lambda: _run_verb(args))
+
+
+def command() -> NoReturn:
+    """The `xlm` command (`python -m xlm`, the console script): `main` on the command line, then exit with its
+    status; under torchrun through `distributed.end_process`, which skips the interpreter's shutdown."""
+    code = main()
+    if distributed.world_size() > 1:
+        distributed.end_process(code)
+    raise SystemExit(code)
 
 
 def _run_verb(args: argparse.Namespace) -> int:

@@ -19,8 +19,10 @@ are exact sums (math.fsum), whatever the number of processes (tests/test_distrib
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -52,6 +54,21 @@ def process_group(device: torch.device) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def end_process(code: int) -> NoReturn:
+    """End a torchrun process now, with exit status `code`: flush stdout and stderr, then `os._exit`, skipping the
+    interpreter's shutdown. The `xlm` command calls it under torchrun once its work is done and its files closed.
+
+    Why: torch 2.13 keeps a gloo process group alive past `destroy_process_group` once an optimizer has stepped
+    or DistributedDataParallel has wrapped a module, so gloo's worker threads run on while the interpreter shuts
+    down. A worker releasing the last tensors of a collective (a barrier keeps the collectives before it) then
+    needs the interpreter, whose shutdown ends the thread inside a C++ destructor: std::terminate, and the
+    process dies of SIGABRT after finishing its work (here about one torchrun training run in a hundred).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def encode_lines(tokenizer: Tokenizer, lines: Sequence[str], lang: str) -> list[list[int]]:
@@ -105,4 +122,11 @@ def distributed_corpus_perplexity(
     return Perplexity.of_sentences(logprobs, tokens)
 
 
-__all__ = ["distributed_corpus_perplexity", "encode_lines", "local_device", "process_group", "world_size"]
+__all__ = [
+    "distributed_corpus_perplexity",
+    "encode_lines",
+    "end_process",
+    "local_device",
+    "process_group",
+    "world_size",
+]
